@@ -1,0 +1,146 @@
+"""Command line: a thin shell over the Python API (harness.sweep, harness.report, harness.bench,
+harness.inspect). Every user error is one line on stderr and exit status 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from harness.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _sweep_args(sub: Any) -> None:
+    p = sub.add_parser("sweep", help="compress, deploy and measure: model x method x budget x target")
+    p.add_argument("--config", type=Path, help="TOML file with SweepConfig fields; flags override it")
+    p.add_argument("--models", help="comma list (default resnet20)")
+    p.add_argument("--methods", help="comma list (default: every registered method; 'none' always runs)")
+    p.add_argument("--budgets", action="append", default=[], metavar="METHOD:KNOB=V1,V2",
+                   help="knob values per method (repeatable; KNOB=V1,V2 alone when one method is named)")
+    p.add_argument("--targets", help="comma list (default: every available CPU target)")
+    p.add_argument("--data", help="digits (default) | cifar10:PATH | imagefolder:PATH | synthetic[:N]")
+    p.add_argument("--preset", choices=None, help="quick | standard (default) | publication")
+    p.add_argument("--scenarios", help="comma list of SingleStream,Offline (default both)")
+    p.add_argument("--out", type=Path, help="output directory (default results/default)")
+    p.add_argument("--threads", type=int, help="threads for every runtime (default: CPUs available)")
+    p.add_argument("--offline-batch", type=int, help="batch size of the Offline scenario (default 64)")
+    p.add_argument("--checkpoint", type=Path, help="baseline weights (a state_dict file) instead of training")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N test samples only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(prog="python -m harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _sweep_args(sub)
+    r = sub.add_parser("report", help="rebuild results.csv, results.md and pareto.png from DIR's store")
+    r.add_argument("dir", type=Path)
+    b = sub.add_parser("bench", help="time an existing ONNX model on targets with the same engine")
+    b.add_argument("onnx", type=Path)
+    b.add_argument("--targets", default="ort-cpu")
+    b.add_argument("--preset", default="quick")
+    b.add_argument("--input-shape", default="1,3,32,32", help="N,C,H,W; N is the batch")
+    b.add_argument("--threads", type=int)
+    b.add_argument("--json", action="store_true")
+    i = sub.add_parser("inspect", help="MACs, params and size of a dense or compressed model")
+    i.add_argument("--model", required=True)
+    i.add_argument("--method")
+    i.add_argument("--budget", action="append", default=[], metavar="KNOB=V")
+    i.add_argument("--json", action="store_true")
+    ls = sub.add_parser("ls", help="list registered methods, targets or models")
+    ls.add_argument("what", nargs="?", choices=["methods", "targets", "models"], default=None)
+    return parser
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from harness.config import SweepConfig, load_toml, parse_budget_args
+    from harness.sweep import run_sweep
+
+    values: dict[str, Any] = load_toml(args.config) if args.config else {}
+    flags = {"models": _csv(args.models), "methods": _csv(args.methods), "targets": _csv(args.targets),
+             "data": args.data, "preset": args.preset, "scenarios": _csv(args.scenarios), "out": args.out,
+             "threads": args.threads, "offline_batch": args.offline_batch, "checkpoint": args.checkpoint,
+             "seed": args.seed, "eval_limit": args.eval_limit}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.budgets:
+        values["budgets"] = {**values.get("budgets", {}), **parse_budget_args(args.budgets, values.get("methods"))}
+    if args.no_progress:
+        values["progress"] = False
+    config = SweepConfig(**values)
+    rows = run_sweep(config)
+    failed = sum(r.get("status") in ("error", "timeout") for r in rows)
+    print(f"{len(rows)} rows ({failed} error/timeout) in {config.out}: results.csv, results.md, pareto.png")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harness.report import publish
+    from harness.store import Store
+
+    db = args.dir / "results.sqlite"
+    if not db.is_file():
+        raise UserError(f"no results store in {args.dir} (expected {db})")
+    store = Store(db)
+    paths = publish(args.dir, store.rows())
+    store.close()
+    print(" ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from harness.bench import bench_onnx, format_table
+
+    rows = bench_onnx(args.onnx, _csv(args.targets) or [], preset=args.preset,
+                      input_shape=args.input_shape, threads=args.threads)
+    print(json.dumps(rows, indent=1, default=str) if args.json else format_table(rows))
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from harness.inspection import inspect_model
+
+    info = inspect_model(args.model, args.method, args.budget)
+    print(json.dumps(info, indent=1) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from harness.inspection import listing
+
+    print(listing(args.what))
+    return 0
+
+
+COMMANDS = {"sweep": _sweep, "report": _report, "bench": _bench, "inspect": _inspect, "ls": _ls}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; user errors are one line on stderr with exit status 2."""
+    try:
+        args = _build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: rows already written are kept in the results store", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not bad input: still one line unless debugging
+        if os.environ.get("HARNESS_DEBUG"):
+            raise
+        msg = (str(exc).splitlines() or [""])[0][:300]
+        print(f"internal error: {type(exc).__name__}: {msg} (set HARNESS_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 1

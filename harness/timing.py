@@ -1,0 +1,172 @@
+"""The one timing engine every target is measured with (measurement.md).
+
+Targets compile and run; this module owns warm-up, the stop rule, synchronisation and the
+statistics, as MLPerf LoadGen owns timing rather than the system under test.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from harness.errors import UserError
+
+PERCENTILE_RULE = "nearest rank: sorted[floor(n*p)]"
+# LoadGen's early-stopping minimums: below these a tail percentile is not a number.
+SAMPLE_FLOORS = {"p90": 64, "p99": 662}
+
+
+@dataclass(frozen=True)
+class TimingRules:
+    """Warm-up by time and count; stop when both minimums are met; a cap so no cell stalls a sweep."""
+
+    warmup_min_s: float
+    warmup_min_n: int
+    min_s: float
+    min_n: int
+    max_s: float
+    max_n: int = 10_000_000
+
+    def __post_init__(self) -> None:
+        if min(self.warmup_min_s, self.min_s) < 0 or min(self.warmup_min_n, self.min_n) < 0:
+            raise UserError("timing rules must be non-negative")
+        if self.max_s < self.min_s or self.max_n < self.min_n:
+            raise UserError("timing cap (max_s/max_n) must not be below the minimums")
+
+
+# quick: >=1 s and >=50; standard: >=10 s and >=100 (LoadGen's library default);
+# publication: >=600 s (MLPerf's submission rule) and 1024 queries (MLPerf SingleStream minimum).
+# Warm-up: >=10 runs and >=200 ms (optimum-benchmark's count, trtexec's time).
+PRESETS: dict[str, TimingRules] = {
+    "quick": TimingRules(0.2, 10, 1.0, 50, 20.0),
+    "standard": TimingRules(0.2, 10, 10.0, 100, 60.0),
+    "publication": TimingRules(2.0, 10, 600.0, 1024, 1200.0),
+}
+
+
+def nearest_rank(sorted_values: Sequence[float], p: float) -> float:
+    """Percentile ``p`` (0..1) by nearest rank, sorted[floor(n*p)], as LoadGen does."""
+    n = len(sorted_values)
+    if n == 0:
+        raise ValueError("no samples")
+    return float(sorted_values[min(n - 1, math.floor(n * p))])
+
+
+@dataclass
+class LatencyStats:
+    """Statistics of one timed loop, in milliseconds; a tail percentile is None below its floor."""
+
+    n: int
+    p50_ms: float
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    throughput: float  # samples per second over the timed loop's wall time
+    wall_s: float
+    note: str = ""
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(latencies_s: Sequence[float], *, batch: int, wall_s: float, note: str = "") -> LatencyStats:
+    """Statistics of per-query latencies (seconds) for queries of ``batch`` samples."""
+    values = sorted(v * 1e3 for v in latencies_s)
+    n = len(values)
+    arr = np.asarray(values)
+    notes = [note] if note else []
+    tails = {}
+    for name, p in (("p90", 0.90), ("p99", 0.99)):
+        if n >= SAMPLE_FLOORS[name]:
+            tails[name] = nearest_rank(values, p)
+        else:
+            tails[name] = None
+            notes.append(f"{name}: insufficient samples ({n} < {SAMPLE_FLOORS[name]})")
+    return LatencyStats(
+        n=n, p50_ms=nearest_rank(values, 0.5), p90_ms=tails["p90"], p99_ms=tails["p99"],
+        mean_ms=float(arr.mean()), std_ms=float(arr.std(ddof=1)) if n > 1 else 0.0,
+        min_ms=values[0], max_ms=values[-1],
+        throughput=batch * n / wall_s if wall_s > 0 else float("nan"), wall_s=wall_s,
+        note="; ".join(notes),
+    )
+
+
+@dataclass
+class Samples:
+    """Raw result of a timed loop: per-query latency and which pool entry each query used."""
+
+    latencies_s: list[float]
+    pool_index: list[int]
+    wall_s: float
+    capped: bool
+
+
+def _run_until(fn: Callable[[int], float], min_s: float, min_n: int, max_s: float, max_n: int,
+               clock: Callable[[], float]) -> Samples:
+    lat: list[float] = []
+    idx: list[int] = []
+    start = clock()
+    i = 0
+    while True:
+        elapsed = clock() - start
+        if (elapsed >= min_s and i >= min_n) or elapsed >= max_s or i >= max_n:
+            break
+        lat.append(fn(i))
+        idx.append(i)
+        i += 1
+    capped = i < min_n or (clock() - start) < min_s
+    return Samples(lat, idx, clock() - start, capped)
+
+
+def measure(run: Callable[[Any], Any], pool: Sequence[Any], rules: TimingRules, *,
+            sync: Callable[[], None] | None = None, device_timer: Any | None = None,
+            clock: Callable[[], float] = time.perf_counter) -> Samples:
+    """Warm up, then time ``run`` on pool entries rotated in order until the stop rule holds.
+
+    Each query is timed alone (SingleStream semantics: the next query starts only when the
+    previous one finished). ``sync`` runs before the clock is read, so asynchronous devices are
+    timed to completion; with a ``device_timer`` (CUDA events) the device time is recorded instead.
+    No sleeps between iterations: idle clocks ramp down (ORT #17711).
+    """
+    if not pool:
+        raise ValueError("empty input pool")
+    done = sync or (lambda: None)
+    k = len(pool)
+
+    def one(i: int) -> float:
+        x = pool[i % k]
+        if device_timer is not None:
+            device_timer.start()
+            run(x)
+            return device_timer.stop()
+        t0 = clock()
+        run(x)
+        done()
+        return clock() - t0
+
+    _run_until(one, rules.warmup_min_s, rules.warmup_min_n, max(rules.max_s, rules.warmup_min_s),
+               rules.max_n, clock)
+    samples = _run_until(one, rules.min_s, rules.min_n, rules.max_s, rules.max_n, clock)
+    samples.pool_index = [i % k for i in samples.pool_index]
+    return samples
+
+
+def per_input_spread(samples: Samples) -> dict[str, float | None]:
+    """Spread of latency across inputs: min and max over pool entries of each entry's median.
+
+    Only meaningful when each query is one sample (SingleStream); for dynamic networks the cost
+    depends on the input, so this shows how far apart the cheapest and dearest inputs are.
+    """
+    by_input: dict[int, list[float]] = {}
+    for i, v in zip(samples.pool_index, samples.latencies_s):
+        by_input.setdefault(i, []).append(v)
+    medians = sorted(nearest_rank(sorted(v), 0.5) * 1e3 for v in by_input.values())
+    if len(medians) < 2:
+        return {"input_p50_min_ms": None, "input_p50_max_ms": None}
+    return {"input_p50_min_ms": medians[0], "input_p50_max_ms": medians[-1]}

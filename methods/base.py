@@ -1,0 +1,143 @@
+"""The method (compression technique) interface.
+
+A method declares its knobs (name, range, default sweep values) and what it produces:
+``dense`` (unchanged), ``smaller`` (physically smaller network), ``masked`` (same shapes, zeros)
+or ``dynamic`` (cost decided per input). ``apply`` turns a trained baseline into one or more
+deployables; the harness exports, deploys and measures them. Nothing here imports a runtime.
+"""
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from torch import nn
+
+from harness.errors import UserError
+
+PRODUCES = ("dense", "smaller", "masked", "dynamic")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One compression knob: its type, its valid range or choices, and its default sweep."""
+
+    name: str
+    kind: type  # float, int or str
+    default_sweep: tuple[Any, ...]
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    help: str = ""
+
+    def parse(self, text: str) -> Any:
+        """The value of ``text`` for this knob; UserError when malformed or out of range."""
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise UserError(f"knob {self.name}: {text!r} is not a {self.kind.__name__}") from None
+        self.check(value)
+        return value
+
+    def check(self, value: Any) -> None:
+        if self.choices is not None and value not in self.choices:
+            raise UserError(f"knob {self.name}: {value!r} not one of {', '.join(map(str, self.choices))}")
+        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+            raise UserError(f"knob {self.name}={value} out of range [{self.low}, {self.high}]")
+
+    def describe(self) -> str:
+        rng = "|".join(self.choices) if self.choices else f"[{self.low}, {self.high}]"
+        return f"{self.name}={rng} (default sweep {','.join(map(str, self.default_sweep))})"
+
+
+@dataclass
+class Deployable:
+    """One network to export and measure, with what the harness cannot infer from the module.
+
+    export_onnx: a method-specific exporter (e.g. one that must not fold BN into power-of-two
+        weights); None uses the harness's default exporter.
+    macs: per-sample MACs when the static counter is wrong for this network (dynamic networks
+        report their mean over the test set); None means count the module.
+    size_bytes: storage size when it is not fp32 parameters (e.g. packed low-bit weights).
+    check_graph: graph-survival check run on the exported ONNX file; returns extra columns.
+    extra: method-specific columns for the row.
+    """
+
+    model: nn.Module
+    variant: str = "default"
+    export_onnx: Callable[[nn.Module, Path, tuple[int, ...]], Path] | None = None
+    macs: float | None = None
+    size_bytes: int | None = None
+    check_graph: Callable[[Path], dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Compressed:
+    """What ``Method.apply`` returns: the deployables and the cost of producing them."""
+
+    deployables: list[Deployable]
+    train_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """A compression technique. Subclasses set the class attributes and implement ``apply``."""
+
+    name: str = ""
+    summary: str = ""
+    produces: str = "smaller"
+    knobs: tuple[Knob, ...] = ()
+
+    def knob(self, name: str) -> Knob:
+        for k in self.knobs:
+            if k.name == name:
+                return k
+        known = ", ".join(k.name for k in self.knobs) or "none"
+        raise UserError(f"method {self.name} has no knob {name!r} (knobs: {known})")
+
+    def validate(self, values: Mapping[str, Any]) -> None:
+        """Check a combination of knob values (cross-knob rules); raise UserError when invalid."""
+
+    def budgets(self, overrides: Mapping[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
+        """The cartesian product of knob values: the overrides, else each knob's default sweep."""
+        overrides = dict(overrides or {})
+        for name in overrides:
+            self.knob(name)
+        axes = [(k.name, tuple(overrides.get(k.name, k.default_sweep))) for k in self.knobs]
+        combos = [dict(zip([a for a, _ in axes], vals)) for vals in itertools.product(*[v for _, v in axes])]
+        for combo in combos:
+            self.validate(combo)
+        return combos or [{}]
+
+    def skip_reason(self, target_key: str, deployable: Deployable) -> str | None:
+        """Why this deployable cannot run on ``target_key`` (a ``skipped`` row), or None."""
+        return None
+
+    @abstractmethod
+    def apply(self, ctx: "MethodContext", knobs: Mapping[str, Any]) -> Compressed:
+        """Compress ``ctx.model`` (a private copy of the trained baseline) under ``knobs``."""
+
+
+@dataclass
+class MethodContext:
+    """Everything a method may use: the trained baseline copy, data, recipe and helpers.
+
+    structure_only: True for ``harness inspect``: produce the compressed architecture without
+        any training (costs and sizes only).
+    measure_latency: callable(model, target_key) -> p50 ms on that target, for methods with a
+        latency budget; None when unavailable.
+    """
+
+    model_name: str
+    model: nn.Module
+    data: Any  # harness.data.DataBundle
+    recipe: Any  # harness.train.TrainRecipe, already scaled by the preset
+    seed: int
+    workdir: Path
+    preset: str = "standard"
+    structure_only: bool = False
+    measure_latency: Callable[[nn.Module, str], float] | None = None
+    log: Callable[[str], None] = print

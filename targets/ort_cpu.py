@@ -1,0 +1,76 @@
+"""ONNX Runtime on the CPU execution provider.
+
+ORT_ENABLE_ALL is the default because its NCHWc layout transform makes constant-weight convs about
+1.5x faster than ORT_ENABLE_EXTENDED on this CPU (backends.md pitfall 9); the level is an option so
+that effect can be measured, and it is always recorded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from harness.errors import UserError
+from targets.base import Artifact, Session, Target
+
+_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
+           "basic": "ORT_ENABLE_BASIC", "disable": "ORT_DISABLE_ALL"}
+
+
+@dataclass
+class OrtSession(Session):
+    session: Any = None
+    input_name: str = "input"
+    output_name: str = "logits"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The first output for ``x``; ORT allocates a new array per call, so results never alias."""
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+    def close(self) -> None:
+        self.session = None
+
+
+class OrtCpu(Target):
+    key = "ort-cpu"
+    summary = "ONNX Runtime, CPUExecutionProvider, sequential, explicit intra-op threads"
+    modules = ("onnxruntime",)
+    packages = ("onnxruntime",)
+
+    def compile(self, artifact: Artifact, *, batch: int, scenario: str, threads: int,
+                options: Mapping[str, Any] | None = None) -> OrtSession:
+        """An InferenceSession on the ONNX artifact; info records the options that shape speed."""
+        import onnxruntime as ort
+
+        opts = dict(options or {})
+        level = _level_name(opts.get("graph_optimization", "all"))
+        if artifact.onnx_path is None:
+            raise UserError(f"ort-cpu needs an ONNX file; artifact {artifact.name!r} has none")
+        so = _session_options(ort, level, threads)
+        sess = ort.InferenceSession(str(artifact.onnx_path), sess_options=so,
+                                    providers=["CPUExecutionProvider"])
+        session = OrtSession(batch=batch, session=sess, input_name=sess.get_inputs()[0].name,
+                             output_name=sess.get_outputs()[0].name)
+        session.info.update({"precision": "fp32", "threads": threads, "inter_op_threads": 1,
+                             "execution_mode": "ORT_SEQUENTIAL", "graph_optimization": level,
+                             "providers": sess.get_providers(), "scenario": scenario,
+                             "timing_scope": "host numpy in -> numpy out"})
+        return session
+
+
+def _level_name(choice: str) -> str:
+    if choice not in _LEVELS:
+        raise UserError(f"ort-cpu: graph_optimization must be one of {sorted(_LEVELS)}, got {choice!r}")
+    return _LEVELS[choice]
+
+
+def _session_options(ort: Any, level: str, threads: int) -> Any:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    # intra-op threads default to the physical core count; set them so the row says what ran.
+    so.intra_op_num_threads = threads
+    # A CNN is a chain: parallel node execution adds scheduling cost and no speed.
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return so

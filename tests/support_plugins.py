@@ -1,0 +1,57 @@
+"""Plugins that misbehave on purpose, to test that errors become rows (imported by the cell
+process through their "module:Class" entry, so they must live in an importable module)."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from methods.base import Compressed, Deployable, Knob, Method
+from targets.base import Session, Target
+
+
+class CrashTarget(Target):
+    key = "test-crash"
+    summary = "aborts the process while compiling (a native-runtime segfault stand-in)"
+    needs = "torch"
+
+    def compile(self, artifact, *, batch, scenario, threads, options=None):
+        os.abort()
+
+
+class _Hang(Session):
+    def run(self, x: np.ndarray) -> np.ndarray:
+        time.sleep(3600)
+        return x
+
+
+class HangTarget(Target):
+    key = "test-hang"
+    summary = "never returns from run"
+    needs = "torch"
+
+    def compile(self, artifact, *, batch, scenario, threads, options=None):
+        return _Hang(batch=batch, info={"precision": "fp32"})
+
+
+class FailingMethod(Method):
+    name = "test-fail"
+    summary = "raises during apply"
+    produces = "smaller"
+    knobs = (Knob("ratio", float, (0.5,), low=0.0, high=1.0),)
+
+    def apply(self, ctx, knobs):
+        raise RuntimeError("deliberate failure in apply")
+
+
+class PickyMethod(Method):
+    name = "test-picky"
+    summary = "runs only on torch-eager"
+    produces = "dense"
+
+    def apply(self, ctx, knobs):
+        return Compressed([Deployable(ctx.model)])
+
+    def skip_reason(self, target_key, deployable):
+        return None if target_key == "torch-eager" else f"this method cannot run on {target_key}"
