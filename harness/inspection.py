@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from harness.config import parse_budget_args
 from harness.data import load_data
 from harness.errors import UserError
 from harness.macs import CONVENTION, count_cost, size_bytes
@@ -31,16 +30,20 @@ def inspect_model(model_name: str, method_name: str | None = None, budget: list[
     torch.manual_seed(seed)
     model = build_model(model_name, num_classes=classes)
     shape = (3, spec.input_size, spec.input_size)
-    info: dict[str, Any] = {"model": model_name, "method": method_name or "none", "knobs": {},
+    info: dict[str, Any] = {"model": model_name, "method": method_name or "none",
                             "input_shape": list(shape), "num_classes": classes}
     dense = count_cost(model, shape)
     deployable_macs, deployable_size = None, None
-    if method_name and method_name != "none":
-        method = get_method(method_name)
-        raw = parse_budget_args(budget or [], [method_name]).get(method_name, {})
-        knobs = {k: method.knob(k).parse(v[0]) for k, v in raw.items()}
-        knobs = {**method.budgets()[0], **knobs}
-        method.validate(knobs)
+    method = get_method(method_name or "none")
+    knobs = dict(method.budgets()[0])
+    for item in budget or []:
+        name, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"--budget {item!r} is not KNOB=VALUE")
+        knobs[name] = method.knob(name).parse(value)
+    method.validate(knobs)
+    info["knobs"] = knobs
+    if method.name != "none":
         data = load_data(f"synthetic:64:{classes}", input_size=spec.input_size, seed=seed)
         with tempfile.TemporaryDirectory() as tmp:
             ctx = MethodContext(model_name=model_name, model=model, data=data,
@@ -48,9 +51,6 @@ def inspect_model(model_name: str, method_name: str | None = None, budget: list[
                                 preset="quick", structure_only=True, log=lambda _m: None)
             dep = method.apply(ctx, knobs).deployables[0]
         model, deployable_macs, deployable_size = dep.model, dep.macs, dep.size_bytes
-        info["knobs"] = knobs
-    elif budget:
-        raise UserError("--budget needs --method")
     cost = count_cost(model, shape)
     macs = deployable_macs if deployable_macs is not None else cost.macs
     info.update({"macs": macs, "params": cost.params,

@@ -131,6 +131,7 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
             front = _pareto_mask(lat[has], acc[has])
             order = np.argsort(lat[has][front])
             ax.plot(lat[has][front][order], acc[has][front][order], "k--", lw=1, label="Pareto front")
+            ax.scatter(lat[has][front], acc[has][front], s=110, facecolors="none", edgecolors="k", lw=1)
         else:
             ax.text(0.5, 0.5, "no accuracy (synthetic data or no ok rows)", ha="center",
                     transform=ax.transAxes)
