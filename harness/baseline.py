@@ -13,6 +13,7 @@ from torch import nn
 
 from harness.data import DataBundle
 from harness.errors import UserError
+from harness.export import file_sha256
 from harness.models import build_model, load_checkpoint
 from harness.train import TrainRecipe, fit, recipe_dict
 
@@ -22,14 +23,6 @@ CACHE_VERSION = 1  # bump when training code changes what a cached baseline mean
 def cache_dir() -> Path:
     """Where baselines are cached: $HARNESS_CACHE, else ~/.cache/compress-harness."""
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "compress-harness"))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

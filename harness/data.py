@@ -56,7 +56,35 @@ def _one_line(text: Any) -> str:
 # ----------------------------------------------------------------------------- tensor data sets
 
 
-class TensorImages(Dataset):
+class _SeededAugmentation:
+    """An augmentation random stream that survives pickling into DataLoader workers."""
+
+    _aug_seed: int | None = None
+    _gen: torch.Generator | None = None
+
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation stream (called in each DataLoader worker)."""
+        self._aug_seed = int(seed) % (2**63)
+        self._gen = torch.Generator().manual_seed(self._aug_seed)
+
+    def _twin(self, seed: int) -> Any:
+        twin = copy.copy(self)  # shares the data; only the random stream differs
+        twin.reseed(seed)
+        return twin
+
+    def __getstate__(self) -> dict:
+        # Generators are rebuilt from the seed; workers reseed anyway.
+        state = self.__dict__.copy()
+        state["_gen"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._aug_seed is not None:
+            self._gen = torch.Generator().manual_seed(self._aug_seed)
+
+
+class TensorImages(_SeededAugmentation, Dataset):
     """In-memory images; each item is (normalised float32 CxSxS tensor, int label).
 
     ``images`` hold raw values (uint8 or float) at their native resolution; resizing to ``size``,
@@ -75,35 +103,13 @@ class TensorImages(Dataset):
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.pad = int(pad)
         self.flip = bool(flip)
-        self._aug_seed: int | None = None
-        self._gen: torch.Generator | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def augmented(self, seed: int) -> "TensorImages":
         """A copy (sharing the tensors) that augments with a generator seeded from ``seed``."""
-        if self.pad == 0 and not self.flip:
-            return self
-        twin = copy.copy(self)
-        twin.reseed(seed)
-        return twin
-
-    def reseed(self, seed: int) -> None:
-        """Restart the augmentation stream (called in each DataLoader worker)."""
-        self._aug_seed = int(seed) % (2**63)
-        self._gen = torch.Generator().manual_seed(self._aug_seed)
-
-    def __getstate__(self) -> dict:
-        # Generators are rebuilt from the seed; workers reseed anyway.
-        state = self.__dict__.copy()
-        state["_gen"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        if self._aug_seed is not None:
-            self._gen = torch.Generator().manual_seed(self._aug_seed)
+        return self if self.pad == 0 and not self.flip else self._twin(seed)
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(float32 NCHW normalised inputs, int64 labels) for the given indices."""
@@ -150,7 +156,7 @@ def _random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 # ----------------------------------------------------------------------------- folder data sets
 
 
-class FolderImages(Dataset):
+class FolderImages(_SeededAugmentation, Dataset):
     """ImageFolder-backed images; items are (normalised float32 tensor, int label).
 
     Uses ``eval_transform`` unless this is the copy returned by :meth:`augmented`, which uses
@@ -167,33 +173,13 @@ class FolderImages(Dataset):
         self.targets = [t for _, t in self.samples]
         self.eval_transform = eval_transform
         self.train_transform = train_transform
-        self._aug_seed: int | None = None
-        self._gen: torch.Generator | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def augmented(self, seed: int) -> "FolderImages":
         """A copy that applies the training transform, seeded from ``seed``."""
-        if self.train_transform is None:
-            return self
-        twin = copy.copy(self)
-        twin.reseed(seed)
-        return twin
-
-    def reseed(self, seed: int) -> None:
-        self._aug_seed = int(seed) % (2**63)
-        self._gen = torch.Generator().manual_seed(self._aug_seed)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_gen"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        if self._aug_seed is not None:
-            self._gen = torch.Generator().manual_seed(self._aug_seed)
+        return self if self.train_transform is None else self._twin(seed)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]

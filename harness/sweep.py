@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from harness import provenance
-from harness.baseline import Baseline, file_sha256, get_baseline
+from harness.baseline import Baseline, get_baseline
 from harness.cell import CellSpec
 from harness.config import SweepConfig
 from harness.data import DataBundle, eval_arrays, load_data
 from harness.errors import UserError
-from harness.export import export_onnx
+from harness.export import export_onnx, file_sha256
 from harness.isolate import run_isolated
 from harness.macs import CONVENTION, count_cost, size_bytes
 from harness.models import build_model, load_checkpoint, model_spec
@@ -286,13 +286,13 @@ class Sweep:
         model = dep.model.eval()
         torch_path = folder / f"{tag}.pt"
         torch.save(model, torch_path)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"torch_sha256": file_sha256(torch_path)}
         onnx_path = None
         if any(t.needs == "onnx" for t in self.plan.targets):
             onnx_path = folder / f"{tag}.onnx"
             exporter = dep.export_onnx or export_onnx
             exporter(model, onnx_path, tuple(run.data.input_shape))
-            extra["artifact_sha256"] = file_sha256(onnx_path)
+            extra["onnx_sha256"] = file_sha256(onnx_path)
             if dep.check_graph is not None:
                 extra.update(dep.check_graph(onnx_path))
         art = Artifact(name=tag, input_shape=tuple(run.data.input_shape), onnx_path=onnx_path,
@@ -320,13 +320,16 @@ class Sweep:
                 self._put(key, {**self._base_row(run, method, knobs, target, scenario), **shared,
                                 "status": "error", "error": err})
             return
+        hashes = {"onnx": art_extra.pop("onnx_sha256", None), "torch": art_extra.pop("torch_sha256")}
         shared.update(art_extra)
         for target, scenario, key in cells:
             if self.store.is_finished(key):
                 continue
             row = {**self._base_row(run, method, knobs, target, scenario), **shared}
+            # the file this target deploys, and its hash: the row names exactly what was measured
             row["artifact"] = str((art.onnx_path if target.needs == "onnx" else art.torch_path)
                                   .relative_to(self.out))
+            row["artifact_sha256"] = hashes[target.needs]
             reason = method.skip_reason(target.key, dep)
             if reason:
                 self._put(key, {**row, "status": "skipped", "error": reason})

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from harness.timing import TimingRules
 from harness.train import TrainRecipe
@@ -46,3 +49,53 @@ def cpu_targets() -> list[str]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- tiny data sets in the real formats
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+
+
+def _write_cifar_batch(path: Path, n: int, rng: np.random.Generator) -> None:
+    batch = {
+        b"batch_label": b"test batch",
+        b"labels": [int(v) for v in rng.integers(0, 10, n)],
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+    }
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+
+
+@pytest.fixture
+def cifar_root(tmp_path: Path) -> Path:
+    """tmp/cifar-10-batches-py with 5 train batches of 4 images, a test batch of 6, and meta."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        _write_cifar_batch(folder / f"data_batch_{i}", 4, rng)
+    _write_cifar_batch(folder / "test_batch", 6, rng)
+    meta = {b"label_names": [n.encode() for n in CIFAR_NAMES], b"num_cases_per_batch": 4, b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return tmp_path
+
+
+def _write_png(path: Path, size: tuple[int, int], seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def folder_root(tmp_path: Path) -> Path:
+    """tmp/imgs/{train,val}/{a,b,c}/ with 2 PNGs of different sizes each."""
+    root = tmp_path / "imgs"
+    sizes = [(40, 30), (25, 50)]
+    seed = 0
+    for split in ("train", "val"):
+        for cls in ("a", "b", "c"):
+            for j, size in enumerate(sizes):
+                _write_png(root / split / cls / f"{j}.png", size, seed)
+                seed += 1
+    return root

@@ -55,3 +55,13 @@ class PickyMethod(Method):
 
     def skip_reason(self, target_key, deployable):
         return None if target_key == "torch-eager" else f"this method cannot run on {target_key}"
+
+
+class ProbingMethod(Method):
+    name = "test-probe"
+    summary = "measures its model's latency on a target through the sweep's probe"
+    produces = "dense"
+
+    def apply(self, ctx, knobs):
+        p50 = ctx.measure_latency(ctx.model, "ort-cpu")
+        return Compressed([Deployable(ctx.model)], extra={"probe_p50_ms": p50})

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FAST_RECIPE, FAST_TIMING
+from conftest import FAST_RECIPE, FAST_TIMING, available_cpu_targets
 from harness.config import SweepConfig
 from harness.errors import UserError
+from harness.export import file_sha256
 from harness.macs import count_cost
 from harness.report import COLUMNS
 from harness.sweep import plan_sweep, run_sweep
@@ -68,6 +69,7 @@ def test_sweep_end_to_end(tmp_path, cpu_targets):
         module = torch.load(cfg.out / row["artifact"].replace(".onnx", ".pt"), weights_only=False)
         cost = count_cost(module, (3, 32, 32))
         assert (row["macs"], row["params"]) == (cost.macs, cost.params)
+        assert row["artifact_sha256"] == file_sha256(cfg.out / row["artifact"])  # names what ran
 
 
 @pytest.mark.slow
@@ -130,3 +132,27 @@ def test_plan_rejects_bad_input_before_running(tmp_path):
     with pytest.raises(UserError, match="not in the sweep"):
         plan_sweep(_config(tmp_path, ["torch-eager"], budgets={"deepshift": {"mode": ["q"]}}))
     assert not (tmp_path / "out").exists()  # nothing was created before validation passed
+
+
+@pytest.mark.slow
+def test_sweep_on_cifar10_and_imagefolder_formats(tmp_path, cifar_root, folder_root, cpu_targets):
+    for spec, classes in ((f"cifar10:{cifar_root}", 10), (f"imagefolder:{folder_root}", 3)):
+        out = tmp_path / spec.split(":")[0]
+        rows = run_sweep(_config(tmp_path, cpu_targets[:1], data=spec, out=out, scenarios=["SingleStream"],
+                                 recipe=FAST_RECIPE.with_(epochs=1)))
+        assert len(rows) == 1 and rows[0]["status"] == "ok", rows[0].get("error")
+        assert rows[0]["data"] == spec and rows[0]["top1"] is not None and rows[0]["parity_max_abs"] < 1e-3
+        assert rows[0]["eval_n"] == 6
+        module = torch.load(out / rows[0]["artifact"].replace(".onnx", ".pt"), weights_only=False)
+        assert module.fc.out_features == classes
+
+
+@pytest.mark.slow
+def test_methods_can_probe_latency_on_a_target(tmp_path, monkeypatch):
+    if "ort-cpu" not in available_cpu_targets():
+        pytest.skip("ort-cpu not selected")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    with registered(METHODS, "test-probe", "support_plugins:ProbingMethod"):
+        rows = run_sweep(_config(tmp_path, ["ort-cpu"], methods=["test-probe"], scenarios=["SingleStream"]))
+    probe = [r for r in rows if r["method"] == "test-probe"][0]
+    assert probe["status"] == "ok" and probe["probe_p50_ms"] > 0

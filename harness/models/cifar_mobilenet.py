@@ -25,10 +25,10 @@ tensor shape.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from harness.models.init import ftwt_init
 
 # (expansion t, out_channels, blocks, stride of the first block): kuangliu's CIFAR configuration.
 CIFAR_MBV2_CFG: list[tuple[int, int, int, int]] = [
@@ -100,24 +100,13 @@ class CifarMobileNetV2(nn.Module):
         self.relu1 = nn.ReLU6(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(1280, num_classes)
-        _init_weights(self)
+        ftwt_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu0(self.bn0(self.conv0(x)))
         x = self.bottlenecks(x)
         x = self.relu1(self.bn1(self.conv1(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def _init_weights(model: nn.Module) -> None:
-    # FTWT's init: conv ~ N(0, sqrt(2 / (k*k*out))), BN 1/0, Linear left at PyTorch's default.
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def mobilenet_v2(num_classes: int = 10) -> CifarMobileNetV2:

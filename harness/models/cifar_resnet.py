@@ -16,11 +16,11 @@ gradient through it; here the shortcut is differentiable (the forward values are
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from harness.models.init import ftwt_init
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -92,7 +92,7 @@ class CifarResNet(nn.Module):
         self.layer3 = _make_stage(32, 64, n, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
-        _kaiming_init(self)
+        ftwt_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -104,20 +104,6 @@ def _make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Seq
     layers = [BasicBlock(in_planes, planes, stride)]
     layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
     return nn.Sequential(*layers)
-
-
-def _kaiming_init(model: nn.Module) -> None:
-    # FTWT's init: conv weights ~ N(0, sqrt(2 / (k*k*out))) (Kaiming, fan_out), BN gamma=1, beta=0;
-    # the Linear layer keeps PyTorch's default init.
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def resnet20(num_classes: int = 10) -> CifarResNet:

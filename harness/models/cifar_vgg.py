@@ -13,10 +13,10 @@ the conv bias (276,480 of them); ``harness.macs`` does not count bias adds and g
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from harness.models.init import ftwt_init
 
 # "M" = 2x2 max pool; numbers = output channels of a conv3x3+BN+ReLU unit.
 VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -44,26 +44,10 @@ class CifarVGG(nn.Module):
         self.features = make_features(cfg)
         last = [v for v in cfg if v != "M"][-1]
         self.classifier = nn.Linear(int(last), num_classes)
-        _init_weights(self)
+        ftwt_init(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
-
-
-def _init_weights(model: nn.Module) -> None:
-    # FTWT's init: conv ~ N(0, sqrt(2 / (k*k*out))), bias 0; BN 1/0; Linear ~ N(0, 0.01), bias 0.
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 def vgg16_bn(num_classes: int = 10) -> CifarVGG:
