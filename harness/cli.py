@@ -38,6 +38,9 @@ def _sweep_args(sub: Any) -> None:
     p.add_argument("--checkpoint", type=Path, help="baseline weights (a state_dict file) instead of training")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N test samples only")
+    p.add_argument("--target-option", action="append", default=[], metavar="TARGET.OPTION=VALUE",
+                   help="a target build option, e.g. ov-cpu.precision=bf16 or ort-cpu.graph_optimization="
+                        "extended (repeatable; recorded in every row and in the cell key)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -64,6 +67,17 @@ def _build_parser() -> _Parser:
     return parser
 
 
+def _target_options(items: list[str], base: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {k: dict(v) for k, v in base.items()}
+    for item in items:
+        head, eq, value = item.partition("=")
+        target, dot, option = head.rpartition(".")
+        if not (eq and dot and target and option):
+            raise UserError(f"--target-option {item!r} is not TARGET.OPTION=VALUE")
+        out.setdefault(target, {})[option] = value
+    return out
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from harness.config import SweepConfig, load_toml, parse_budget_args
     from harness.sweep import run_sweep
@@ -76,6 +90,8 @@ def _sweep(args: argparse.Namespace) -> int:
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.budgets:
         values["budgets"] = {**values.get("budgets", {}), **parse_budget_args(args.budgets, values.get("methods"))}
+    if args.target_option:
+        values["target_options"] = _target_options(args.target_option, values.get("target_options", {}))
     if args.no_progress:
         values["progress"] = False
     config = SweepConfig(**values)

@@ -138,7 +138,8 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
         scen = part["scenario"].iloc[0] if len(part) else ""
         ax.set(title=f"{target} ({scen})", xlabel="p50 latency (ms)", ylabel="top-1 (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -126,6 +126,11 @@ def plan_sweep(config: SweepConfig) -> Plan:
     targets, skipped = _resolve_targets(config)
     if not targets:
         raise UserError("no target is available here; see `python -m harness ls targets`")
+    by_key = {t.key: t for t in targets}
+    for key, options in config.target_options.items():
+        if key not in by_key:
+            raise UserError(f"target options given for {key!r}, which is not in the sweep")
+        by_key[key].check_options(options)
     data = _load_all_data(config)
     _check_checkpoint(config, data)
     _check_out_dir(config.out)

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from harness.errors import UserError
+
 SCENARIOS = ("SingleStream", "Offline")
 
 
@@ -70,6 +72,7 @@ class Target(ABC):
     needs: str = "onnx"  # which Artifact file it compiles: "onnx" or "torch"
     modules: tuple[str, ...] = ()  # import names probed with find_spec, never imported here
     packages: tuple[str, ...] = ()  # distribution names whose versions go into provenance
+    option_names: tuple[str, ...] = ()  # build options ``compile`` accepts (``--target-option``)
 
     def availability(self) -> Availability:
         """Whether this target can run here, with the reason when not. Must not import a runtime."""
@@ -87,6 +90,14 @@ class Target(ABC):
             except PackageNotFoundError:
                 out[pkg] = "not installed"
         return out
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Validate build options before any cell runs; UserError names the first bad one.
+        Subclasses extend this to check values (without importing their runtime)."""
+        for name in options:
+            if name not in self.option_names:
+                known = ", ".join(self.option_names) or "none"
+                raise UserError(f"{self.key}: unknown option {name!r} (options: {known})")
 
     @abstractmethod
     def compile(self, artifact: Artifact, *, batch: int, scenario: str, threads: int,

@@ -37,6 +37,11 @@ class OrtCpu(Target):
     summary = "ONNX Runtime, CPUExecutionProvider, sequential, explicit intra-op threads"
     modules = ("onnxruntime",)
     packages = ("onnxruntime",)
+    option_names = ("graph_optimization",)
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        super().check_options(options)
+        _level_name(options.get("graph_optimization", "all"))
 
     def compile(self, artifact: Artifact, *, batch: int, scenario: str, threads: int,
                 options: Mapping[str, Any] | None = None) -> OrtSession:

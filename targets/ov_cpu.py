@@ -42,6 +42,14 @@ class OvCpu(Target):
     summary = "OpenVINO CPU plugin, static batch, explicit precision/threads/streams"
     modules = ("openvino",)
     packages = ("openvino",)
+    option_names = ("precision", "streams")
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        super().check_options(options)
+        _precision(options.get("precision", "fp32"))
+        streams = str(options.get("streams", 1))
+        if streams != "auto" and not (streams.isdigit() and int(streams) >= 1):
+            raise UserError(f"ov-cpu: streams must be 'auto' or a positive integer, got {streams!r}")
 
     def compile(self, artifact: Artifact, *, batch: int, scenario: str, threads: int,
                 options: Mapping[str, Any] | None = None) -> OvSession:

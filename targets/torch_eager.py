@@ -70,6 +70,14 @@ class TorchEager(Target):
     needs = "torch"
     packages = ("torch",)
 
+    option_names = ("device", "precision")
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        super().check_options(options)
+        device = _pick_device(options.get("device", "auto"))
+        if options.get("precision", "fp32") not in (_PRECISIONS if device == "cuda" else ("fp32",)):
+            raise UserError(f"torch-eager: precision {options['precision']!r} is not supported on {device}")
+
     def availability(self) -> Availability:
         """Always available: torch is a core dependency."""
         return Availability(True)

@@ -68,6 +68,15 @@ class TensorRT(Target):
     modules = ("tensorrt",)
     packages = ("tensorrt",)
 
+    option_names = ("precision", "workspace_mib")
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        super().check_options(options)
+        if options.get("precision", "fp32") not in _PRECISIONS:
+            raise UserError(f"trt: precision must be one of {_PRECISIONS}, got {options['precision']!r}")
+        if not str(options.get("workspace_mib", _DEFAULT_WORKSPACE_MIB)).isdigit():
+            raise UserError("trt: workspace_mib must be a positive integer")
+
     def availability(self) -> Availability:
         """Needs the tensorrt module (probed, not imported) and a CUDA device."""
         if importlib.util.find_spec("tensorrt") is None:

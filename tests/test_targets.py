@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from harness.errors import UserError
 from harness.export import export_onnx, file_sha256, onnx_summary
 from targets import TARGETS, Artifact, get_target
 
@@ -123,6 +124,11 @@ class TestTargetContract:
 
     def test_availability_imports_no_runtime(self, target, imported_runtimes):
         assert imported_runtimes == []
+
+    def test_options_are_validated_up_front(self, target):
+        target.check_options({})  # the defaults are always valid
+        with pytest.raises(UserError, match="unknown option 'no_such_option'"):
+            target.check_options({"no_such_option": 1})
 
     def test_versions_are_strings(self, target):
         versions = target.versions()
