@@ -23,12 +23,13 @@ COLUMNS = [
     "macs", "params", "size_bytes", "size_fp32_bytes", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
     "std_ms", "min_ms", "max_ms", "n", "throughput", "input_p50_min_ms", "input_p50_max_ms",
     "compile_s", "first_run_ms", "train_s", "method_s", "speedup", "macs_ratio", "realised_share",
-    "artifact", "artifact_sha256", "precision", "threads", "preset", "percentile_rule",
+    "artifact", "artifact_sha256", "precision", "target_options", "threads", "preset", "percentile_rule",
     "timing_note", "produces", "synthetic", "device", "eval_n", "pool_inputs", "baseline_source",
     "baseline_key", "data_hash", "recipe", "seed", "cpu", "cpu_count", "gpu", "git_rev",
     "started", "written", "versions", "runtime_versions", "session", "macs_convention", "key",
 ]
-GROUP = ["model", "data", "target", "scenario", "batch", "preset", "threads"]
+# A row's dense reference: same baseline weights, target, build options, scenario, batch, timing.
+GROUP = ["model", "baseline_key", "target", "target_options", "scenario", "batch", "preset", "threads"]
 
 
 def derive(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -39,6 +40,7 @@ def derive(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = np.nan
+    df["target_options"] = df["target_options"].astype(object).fillna("{}")  # rows from before the column
     dense = df[(df["method"] == "none") & (df["status"] == "ok")]
     dense = dense.drop_duplicates(GROUP, keep="last")[GROUP + ["p50_ms", "top1", "macs"]]
     dense = dense.rename(columns={"p50_ms": "_d_p50", "top1": "_d_top1", "macs": "_d_macs"})

@@ -207,6 +207,7 @@ class Sweep:
             "model": run.name, "data": run.data.spec, "synthetic": run.data.synthetic,
             "method": method.name, "produces": method.produces, "knob": knob, "budget": budget,
             "variant": "default", "target": target.key, "device": target.device, "scenario": scenario,
+            "target_options": json.dumps(cfg.target_options.get(target.key, {}), sort_keys=True),
             "batch": self._batch(scenario), "status": "ok", "error": "",
             "threads": cfg.threads, "preset": cfg.preset, "percentile_rule": PERCENTILE_RULE,
             "macs_convention": CONVENTION, "baseline_source": run.baseline.source,

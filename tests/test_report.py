@@ -1,0 +1,41 @@
+"""Derived columns and the published files, from hand-made rows."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.report import _pareto_mask, derive, publish
+
+
+def _row(method, p50, macs, top1, target="ort-cpu", baseline="b1", **kw):
+    return {"model": "resnet20", "data": "digits", "method": method, "budget": "", "variant": "default",
+            "target": target, "scenario": "SingleStream", "batch": 1, "preset": "quick", "threads": 2,
+            "baseline_key": baseline, "status": "ok", "p50_ms": p50, "macs": macs, "top1": top1,
+            "synthetic": False, "cpu": "cpu", "cpu_count": 2, "gpu": "none", "git_rev": "abc", **kw}
+
+
+def test_ratios_against_the_dense_row_of_the_same_target_and_baseline():
+    rows = [_row("none", 2.0, 400, 98.0), _row("x", 1.0, 100, 97.5),
+            _row("none", 4.0, 400, 98.0, target="ov-cpu"), _row("x", 3.0, 100, 96.0, target="ov-cpu"),
+            _row("x", 1.0, 100, 90.0, baseline="other")]  # no dense row for this baseline
+    df = derive(rows).set_index(["method", "target", "baseline_key"])
+    r = df.loc[("x", "ort-cpu", "b1")]
+    assert (r["speedup"], r["macs_ratio"], r["realised_share"]) == (2.0, 4.0, 0.5)
+    assert r["top1_drop"] == pytest.approx(0.5)
+    assert df.loc[("x", "ov-cpu", "b1")]["speedup"] == pytest.approx(4 / 3)
+    assert np.isnan(df.loc[("x", "ort-cpu", "other")]["speedup"])
+    assert df.loc[("none", "ort-cpu", "b1")]["speedup"] == 1.0
+
+
+def test_pareto_front():
+    lat = np.array([1.0, 2.0, 3.0, 1.5])
+    acc = np.array([90.0, 95.0, 94.0, 89.0])
+    assert _pareto_mask(lat, acc).tolist() == [True, True, False, False]
+
+
+def test_publish_writes_three_files_with_errors_listed(tmp_path):
+    rows = [_row("none", 2.0, 400, 98.0), {**_row("x", None, 100, None), "status": "error", "error": "boom"}]
+    paths = publish(tmp_path, rows)
+    assert all(p.stat().st_size > 0 for p in paths.values())
+    md = paths["md"].read_text()
+    assert "## resnet20 on digits, SingleStream" in md and "x[] on ort-cpu: error: boom" in md
+    assert len(pd.read_csv(paths["csv"])) == 2
