@@ -137,7 +137,9 @@ def fit(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, seed: int,
         _set_lr(opt, recipe.lr_at(epoch))
         t0 = time.perf_counter()
         model.train()
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{recipe.epochs}", leave=False, disable=not progress)
+        # disable=None: tqdm draws only on a terminal, so logs and CI output stay readable
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{recipe.epochs}", leave=False,
+                   disable=None if progress else True)
         for b, (x, y) in enumerate(bar):
             if max_batches is not None and b >= max_batches:
                 break
