@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from harness.cell import CellSpec
-from harness.errors import UserError
+from harness.errors import UserError, first_line
 from harness.isolate import run_isolated
 from harness.provenance import cpu_count
 from harness.registry import unknown_message
@@ -39,7 +39,7 @@ def _check_onnx(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        raise UserError(f"not a valid ONNX model: {path}: {(str(exc).splitlines() or [''])[0][:200]}") from None
+        raise UserError(f"not a valid ONNX model: {path}: {first_line(exc, 200)}") from None
 
 
 def bench_onnx(path: Path, target_keys: list[str], *, preset: str = "quick", input_shape: str = "1,3,32,32",

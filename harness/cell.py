@@ -9,7 +9,6 @@ allocator state leaks into the next cell's numbers.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import traceback
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from harness.errors import first_line
 
 
 @dataclass
@@ -127,8 +128,7 @@ def main(argv: list[str]) -> int:
     try:
         row = {"status": "ok", **run_cell(spec)}
     except Exception as exc:  # becomes an error row; the parent keeps going
-        msg = (str(exc).strip().splitlines() or [""])[0][:400]
-        row = {"status": "error", "error": f"{type(exc).__name__}: {msg}",
+        row = {"status": "error", "error": f"{type(exc).__name__}: {first_line(exc, 400)}",
                "traceback": traceback.format_exc()[-4000:]}
     result_path.write_text(json.dumps(row, default=str))
     return 0

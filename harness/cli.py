@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.errors import UserError
+from harness.errors import UserError, first_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -156,7 +156,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line unless debugging
         if os.environ.get("HARNESS_DEBUG"):
             raise
-        msg = (str(exc).splitlines() or [""])[0][:300]
-        print(f"internal error: {type(exc).__name__}: {msg} (set HARNESS_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(f"internal error: {type(exc).__name__}: {first_line(exc)} "
+              "(set HARNESS_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ from harness.baseline import Baseline, get_baseline
 from harness.cell import CellSpec
 from harness.config import SweepConfig
 from harness.data import DataBundle, eval_arrays, load_data
-from harness.errors import UserError
+from harness.errors import UserError, first_line
 from harness.export import export_onnx, file_sha256
 from harness.isolate import run_isolated
 from harness.macs import CONVENTION, count_cost, size_bytes
@@ -256,7 +256,7 @@ class Sweep:
             torch.manual_seed(self.cfg.seed)
             compressed = method.apply(ctx, knobs)
         except Exception as exc:  # a failed method is a row per cell, and the sweep goes on
-            err = f"method failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+            err = f"method failed: {type(exc).__name__}: {first_line(exc)}"
             for target, scenario, key in cells:
                 self._put(key, {**self._base_row(run, method, knobs, target, scenario), "status": "error",
                                 "error": err})
@@ -285,29 +285,47 @@ class Sweep:
                    for _, _, k in self._cells(run, method, knobs, v))
 
     # ----------------------------------------------------------------- one deployable
-    def _artifact(self, run: ModelRun, method: Method, knobs: dict, dep: Deployable) -> tuple[Artifact, dict]:
-        tag = f"{run.name}-{method.name}-{_hash([run.baseline.key, knobs, dep.variant])[:10]}-{dep.variant}"
-        folder = self.out / "artifacts"
+    @staticmethod
+    def _save_artifact(model: nn.Module, folder: Path, tag: str, input_shape: tuple[int, ...], *,
+                       onnx: bool, exporter: Callable[..., Path] = export_onnx) -> Artifact:
+        """The pickled module and, when ``onnx``, the ONNX export, under ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
-        model = dep.model.eval()
+        model = model.eval()
         torch_path = folder / f"{tag}.pt"
         torch.save(model, torch_path)
-        extra: dict[str, Any] = {"torch_sha256": file_sha256(torch_path)}
-        onnx_path = None
-        if any(t.needs == "onnx" for t in self.plan.targets):
-            onnx_path = folder / f"{tag}.onnx"
-            exporter = dep.export_onnx or export_onnx
-            exporter(model, onnx_path, tuple(run.data.input_shape))
-            extra["onnx_sha256"] = file_sha256(onnx_path)
+        onnx_path = exporter(model, folder / f"{tag}.onnx", input_shape) if onnx else None
+        return Artifact(name=tag, input_shape=input_shape, onnx_path=onnx_path, torch_path=torch_path)
+
+    def _artifact(self, run: ModelRun, method: Method, knobs: dict, dep: Deployable) -> tuple[Artifact, dict]:
+        tag = f"{run.name}-{method.name}-{_hash([run.baseline.key, knobs, dep.variant])[:10]}-{dep.variant}"
+        art = self._save_artifact(dep.model, self.out / "artifacts", tag, tuple(run.data.input_shape),
+                                  onnx=any(t.needs == "onnx" for t in self.plan.targets),
+                                  exporter=dep.export_onnx or export_onnx)
+        extra: dict[str, Any] = {"torch_sha256": file_sha256(art.torch_path)}
+        if art.onnx_path is not None:
+            extra["onnx_sha256"] = file_sha256(art.onnx_path)
             if dep.check_graph is not None:
-                extra.update(dep.check_graph(onnx_path))
-        art = Artifact(name=tag, input_shape=tuple(run.data.input_shape), onnx_path=onnx_path,
-                       torch_path=torch_path)
+                extra.update(dep.check_graph(art.onnx_path))
         return art, extra
+
+    def _spec(self, target: Target, art: Artifact, run: ModelRun, scenario: str,
+              ref_path: Path | None = None) -> CellSpec:
+        """What the cell process needs; with ``ref_path`` it also measures accuracy and parity."""
+        evaluate = ref_path is not None
+        return CellSpec(target=target.key, artifact=_artifact_json(art), scenario=scenario,
+                        batch=self._batch(scenario), threads=self.cfg.threads,
+                        rules=asdict(self.cfg.timing_rules), pool_path=str(run.pool_path),
+                        eval_x_path=str(run.eval_x_path) if evaluate else None,
+                        eval_y_path=str(run.eval_y_path) if evaluate else None,
+                        ref_logits_path=str(ref_path) if evaluate else None,
+                        options=self.cfg.target_options.get(target.key, {}),
+                        target_entry=_entry_string(target.key))
 
     def _run_deployable(self, run: ModelRun, method: Method, knobs: dict, dep: Deployable,
                         train_s: float, apply_s: float, extra: dict) -> None:
-        cells = self._cells(run, method, knobs, dep.variant)
+        cells = [c for c in self._cells(run, method, knobs, dep.variant) if not self.store.is_finished(c[2])]
+        if not cells:  # measured in an earlier run: no reference pass, no export
+            return
         cost = count_cost(dep.model, run.data.input_shape)
         macs = dep.macs if dep.macs is not None else cost.macs
         shared = {"variant": dep.variant, "macs": macs, "params": cost.params,
@@ -321,7 +339,7 @@ class Sweep:
         try:
             art, art_extra = self._artifact(run, method, knobs, dep)
         except Exception as exc:
-            err = f"export failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+            err = f"export failed: {type(exc).__name__}: {first_line(exc)}"
             for target, scenario, key in cells:
                 self._put(key, {**self._base_row(run, method, knobs, target, scenario), **shared,
                                 "status": "error", "error": err})
@@ -329,8 +347,6 @@ class Sweep:
         hashes = {"onnx": art_extra.pop("onnx_sha256", None), "torch": art_extra.pop("torch_sha256")}
         shared.update(art_extra)
         for target, scenario, key in cells:
-            if self.store.is_finished(key):
-                continue
             row = {**self._base_row(run, method, knobs, target, scenario), **shared}
             # the file this target deploys, and its hash: the row names exactly what was measured
             row["artifact"] = str((art.onnx_path if target.needs == "onnx" else art.torch_path)
@@ -340,13 +356,8 @@ class Sweep:
             if reason:
                 self._put(key, {**row, "status": "skipped", "error": reason})
                 continue
-            spec = CellSpec(target=target.key, artifact=_artifact_json(art), scenario=scenario,
-                            batch=self._batch(scenario), threads=self.cfg.threads,
-                            rules=asdict(self.cfg.timing_rules), pool_path=str(run.pool_path),
-                            eval_x_path=str(run.eval_x_path), eval_y_path=str(run.eval_y_path),
-                            ref_logits_path=str(ref_path), options=self.cfg.target_options.get(target.key, {}),
-                            target_entry=_entry_string(target.key))
-            result = run_isolated(spec, self.work / "cells" / key, self.cfg.timeout_s)
+            result = run_isolated(self._spec(target, art, run, scenario, ref_path), self.work / "cells" / key,
+                                  self.cfg.timeout_s)
             session = result.pop("session", {})
             versions = result.pop("runtime_versions", {})
             result.pop("traceback", None)
@@ -358,20 +369,14 @@ class Sweep:
         """A callable(model, target_key) -> p50 ms at batch 1, for methods with a latency budget."""
         def probe(model: nn.Module, target_key: str) -> float:
             target = get_target(target_key)
-            if not target.availability().ok:
-                raise UserError(f"target {target_key} is not available: {target.availability().reason}")
-            folder = self.work / "probe"
-            folder.mkdir(parents=True, exist_ok=True)
+            avail = target.availability()
+            if not avail.ok:
+                raise UserError(f"target {target_key} is not available: {avail.reason}")
             tag = f"probe-{int(time.time() * 1e6)}"
-            torch_path = folder / f"{tag}.pt"
-            torch.save(model.eval(), torch_path)
-            onnx_path = export_onnx(model, folder / f"{tag}.onnx", tuple(run.data.input_shape)) \
-                if target.needs == "onnx" else None
-            art = Artifact(tag, tuple(run.data.input_shape), onnx_path, torch_path)
-            spec = CellSpec(target=target_key, artifact=_artifact_json(art), scenario="SingleStream",
-                            batch=1, threads=self.cfg.threads, rules=asdict(self.cfg.timing_rules),
-                            pool_path=str(run.pool_path), target_entry=_entry_string(target_key))
-            result = run_isolated(spec, folder / tag, self.cfg.timeout_s)
+            art = self._save_artifact(model, self.work / "probe", tag, tuple(run.data.input_shape),
+                                      onnx=target.needs == "onnx")
+            result = run_isolated(self._spec(target, art, run, "SingleStream"), self.work / "probe" / tag,
+                                  self.cfg.timeout_s)
             if result.get("status") != "ok":
                 raise RuntimeError(f"latency probe on {target_key} failed: {result.get('error')}")
             return float(result["p50_ms"])

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from harness.data import DataBundle, make_loader
-from harness.errors import UserError
+from harness.errors import UserError, first_line
 
 SCHEDULES = ("cosine", "multistep", "step", "constant")
 
@@ -106,7 +106,7 @@ def _resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer, res
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
     except Exception as exc:  # a stale or corrupt checkpoint of ours: start over, say why
-        tqdm.write(f"ignoring unusable training checkpoint {path}: {str(exc).splitlines()[0]}")
+        tqdm.write(f"ignoring unusable training checkpoint {path}: {first_line(exc)}")
         return 0
     result.train_s, result.epoch_s = state["train_s"], list(state["epoch_s"])
     return int(state["epoch"])
