@@ -22,7 +22,11 @@ PRODUCES = ("dense", "smaller", "masked", "dynamic")
 
 @dataclass(frozen=True)
 class Knob:
-    """One compression knob: its type, its valid range or choices, and its default sweep."""
+    """One compression knob: its type, its valid range or choices, and its default sweep.
+
+    An empty ``default_sweep`` marks an alternative form of a budget (e.g. ``macs=0.5`` instead of
+    ``r=0.9``): it is part of a sweep only when the user gives values for it.
+    """
 
     name: str
     kind: type  # float, int or str
@@ -90,6 +94,10 @@ class Method(ABC):
     summary: str = ""
     produces: str = "smaller"
     knobs: tuple[Knob, ...] = ()
+    # Groups of knobs that are alternative forms of one budget: giving values for one knob of a
+    # group drops the other knobs of that group from the sweep (``--budgets ftwt:macs=0.5`` sweeps
+    # macs only, not macs x r).
+    exclusive: tuple[tuple[str, ...], ...] = ()
 
     def knob(self, name: str) -> Knob:
         for k in self.knobs:
@@ -102,11 +110,23 @@ class Method(ABC):
         """Check a combination of knob values (cross-knob rules); raise UserError when invalid."""
 
     def budgets(self, overrides: Mapping[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
-        """The cartesian product of knob values: the overrides, else each knob's default sweep."""
+        """The cartesian product of knob values: the overrides, else each knob's default sweep.
+
+        A knob with an empty default sweep is left out unless given; within an ``exclusive`` group,
+        the knobs the user did not give are left out as soon as one of them is given.
+        """
         overrides = dict(overrides or {})
         for name in overrides:
             self.knob(name)
-        axes = [(k.name, tuple(overrides.get(k.name, k.default_sweep))) for k in self.knobs]
+        dropped: set[str] = set()
+        for group in self.exclusive:
+            given = [n for n in group if n in overrides]
+            if len(given) > 1:
+                raise UserError(f"method {self.name}: knobs {' and '.join(given)} are alternatives; give one")
+            if given:
+                dropped.update(n for n in group if n not in given)
+        axes = [(k.name, tuple(overrides.get(k.name, k.default_sweep))) for k in self.knobs
+                if k.name not in dropped and (k.name in overrides or k.default_sweep)]
         combos = [dict(zip([a for a, _ in axes], vals)) for vals in itertools.product(*[v for _, v in axes])]
         for combo in combos:
             self.validate(combo)

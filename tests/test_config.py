@@ -34,6 +34,24 @@ def test_knobs_combine_as_cartesian_product():
                       {"mode": "ps", "weight_bits": 5}, {"mode": "ps", "weight_bits": 4}]
 
 
+class Forms(Method):
+    name = "forms"
+    knobs = (Knob("r", float, (0.8, 0.9), low=0, high=1), Knob("macs", float, (), low=0, high=1),
+             Knob("mode", str, ("a",), choices=("a", "b")))
+    exclusive = (("r", "macs"),)
+
+    def apply(self, ctx, knobs):
+        raise NotImplementedError
+
+
+def test_alternative_knob_forms():
+    m = Forms()
+    assert m.budgets() == [{"r": 0.8, "mode": "a"}, {"r": 0.9, "mode": "a"}]  # macs: only when given
+    assert m.budgets({"macs": [0.5]}) == [{"macs": 0.5, "mode": "a"}]  # r dropped: same group
+    with pytest.raises(UserError, match="alternatives"):
+        m.budgets({"macs": [0.5], "r": [0.8]})
+
+
 def test_knob_parse_range_and_type():
     k = TwoKnobs().knob("weight_bits")
     assert k.parse("5") == 5
