@@ -116,8 +116,14 @@ def fit(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, seed: int,
         checkpoint: Path | None = None, optimizer: torch.optim.Optimizer | None = None,
         extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         on_epoch_end: Callable[[int, nn.Module], None] | None = None,
-        desc: str = "train", progress: bool = True, max_batches: int | None = None) -> FitResult:
-    """Train ``model`` in place on ``data.train`` for ``recipe.epochs``; return the time it took.
+        desc: str = "train", progress: bool = True, max_batches: int | None = None,
+        start_epoch: int = 0, end_epoch: int | None = None) -> FitResult:
+    """Train ``model`` in place on ``data.train`` for epochs [start_epoch, end_epoch) of
+    ``recipe`` (default: all of it); return the time it took.
+
+    A method that changes the network mid-schedule (decomposition) calls ``fit`` once per phase
+    with the same recipe: each phase sets the learning rate from ``recipe.lr_at(epoch)``, so a
+    fresh optimizer continues exactly where the schedule was.
 
     ``extra_loss(model, x, y, logits)`` adds a method's loss term; ``on_epoch_end(epoch, model)``
     lets a method act between epochs. ``max_batches`` caps batches per epoch (tests only).
@@ -128,9 +134,12 @@ def fit(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, seed: int,
         raise UserError(f"data set {data.spec!r} has no training split")
     opt = optimizer or make_sgd(model, recipe)
     result = FitResult(0.0)
-    start_epoch = _resume(checkpoint, model, opt, result)
+    end = recipe.epochs if end_epoch is None else end_epoch
+    if not 0 <= start_epoch <= end <= recipe.epochs:
+        raise ValueError(f"epochs [{start_epoch}, {end}) not inside the recipe's {recipe.epochs}")
+    start_epoch = max(start_epoch, _resume(checkpoint, model, opt, result))
     loss_fn = nn.CrossEntropyLoss()
-    for epoch in range(start_epoch, recipe.epochs):
+    for epoch in range(start_epoch, end):
         torch.manual_seed(seed * 1000 + epoch)  # augmentation draws: reproducible and resumable
         loader = make_loader(data.train, batch_size=recipe.batch_size, shuffle=True,
                              seed=seed * 1000 + epoch, augment=data.augment)
@@ -157,7 +166,7 @@ def fit(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, seed: int,
             on_epoch_end(epoch, model)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, opt, epoch + 1, result)
-    result.final_lr = recipe.lr_at(recipe.epochs)
+    result.final_lr = recipe.lr_at(end)
     return result
 
 

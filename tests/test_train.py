@@ -80,3 +80,21 @@ def test_user_checkpoint_is_used_instead_of_training(digits, tmp_path):
     torch.save(_model().state_dict(), path)
     base = get_baseline("resnet20", digits, TrainRecipe(epochs=1), seed=0, checkpoint=path, progress=False)
     assert base.source == f"checkpoint:{path}" and base.train_s == 0.0
+
+
+def test_fit_in_phases_continues_the_schedule():
+    """Two phases [0, 2) and [2, 4) with a fresh optimizer see the learning rates of one run."""
+    from harness.data import load_data
+    from harness.models import build_model
+    from harness.train import TrainRecipe, fit, make_sgd
+
+    data = load_data("synthetic:32", input_size=32)
+    recipe = TrainRecipe(epochs=4, batch_size=16, schedule="cosine")
+    seen = []
+    model = build_model("resnet20", num_classes=data.num_classes)
+    for start, end in ((0, 2), (2, 4)):
+        opt = make_sgd(model, recipe)
+        fit(model, data, recipe, seed=0, optimizer=opt, start_epoch=start, end_epoch=end, progress=False,
+            max_batches=1, on_epoch_end=lambda e, m, o=opt: seen.append((e, o.param_groups[0]["lr"])))
+    assert [e for e, _ in seen] == [0, 1, 2, 3]
+    assert [lr for _, lr in seen] == [recipe.lr_at(e) for e in range(4)]
