@@ -103,7 +103,28 @@ def _markdown(df: pd.DataFrame) -> str:
         for _, r in errors.iterrows():
             lines.append(f"- {r['method']}[{r['budget']}] on {r['target']}: {r['status']}: {r['error']}")
         lines.append("")
+    lines += _details(df)
     return "\n".join(lines)
+
+
+def _details(df: pd.DataFrame) -> list[str]:
+    """One table per (model, method) with the method's own columns (``Method.report_columns``),
+    one line per compressed network: these values do not depend on the target."""
+    from methods import METHODS  # imported here: the report must not need the methods to load
+
+    lines: list[str] = []
+    for (model, method), part in df[df["method"] != "none"].groupby(["model", "method"], sort=True):
+        try:
+            wanted = METHODS.get(method).report_columns
+        except Exception:  # a plugin that is not installed here: its rows still are in the CSV
+            continue
+        cols = [c for c in wanted if c in part.columns and part[c].notna().any()]
+        if not cols:
+            continue
+        part = part.drop_duplicates(["budget", "variant"])
+        table = pd.DataFrame({c: [_md_cell(c, v) for v in part[c]] for c in ["budget", "variant", *cols]})
+        lines += [f"## {model}: {method} details", "", table.to_markdown(index=False), ""]
+    return lines
 
 
 def _pareto_mask(lat: np.ndarray, acc: np.ndarray) -> np.ndarray:

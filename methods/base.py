@@ -98,6 +98,9 @@ class Method(ABC):
     # group drops the other knobs of that group from the sweep (``--budgets ftwt:macs=0.5`` sweeps
     # macs only, not macs x r).
     exclusive: tuple[tuple[str, ...], ...] = ()
+    # Method-specific row columns (from Deployable.extra / Compressed.extra) that results.md shows
+    # in the method's details table; the CSV always has every column.
+    report_columns: tuple[str, ...] = ()
 
     def knob(self, name: str) -> Knob:
         for k in self.knobs:

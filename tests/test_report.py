@@ -39,3 +39,21 @@ def test_publish_writes_three_files_with_errors_listed(tmp_path):
     md = paths["md"].read_text()
     assert "## resnet20 on digits, SingleStream" in md and "x[] on ort-cpu: error: boom" in md
     assert len(pd.read_csv(paths["csv"])) == 2
+
+
+def test_method_details_table_shows_the_declared_columns(tmp_path, monkeypatch):
+    from methods import METHODS
+    from methods.none import NoCompression
+
+    class Detailed(NoCompression):
+        name = "detailed"
+        report_columns = ("chosen_rank", "absent_column")
+
+    monkeypatch.setitem(METHODS._entries, "detailed", Detailed)
+    monkeypatch.setitem(METHODS._loaded, "detailed", Detailed())
+    rows = [_row("none", 2.0, 400, 98.0), _row("detailed", 1.0, 100, 97.0, chosen_rank=7),
+            _row("detailed", 1.1, 100, 97.0, target="ov-cpu", chosen_rank=7)]
+    md = publish(tmp_path, rows)["md"].read_text()
+    details = md.split("## resnet20: detailed details")[1]
+    assert "chosen_rank" in details and "absent_column" not in details
+    assert details.count(" 7 |") == 1  # one line per network, not per target
