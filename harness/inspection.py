@@ -35,13 +35,13 @@ def inspect_model(model_name: str, method_name: str | None = None, budget: list[
     dense = count_cost(model, shape)
     deployable_macs, deployable_size = None, None
     method = get_method(method_name or "none")
-    knobs = dict(method.budgets()[0])
+    given = {}
     for item in budget or []:
         name, eq, value = item.partition("=")
         if not eq:
             raise UserError(f"--budget {item!r} is not KNOB=VALUE")
-        knobs[name] = method.knob(name).parse(value)
-    method.validate(knobs)
+        given[name] = [method.knob(name).parse(value)]
+    knobs = dict(method.budgets(given)[0])  # the first default value of every knob not given
     info["knobs"] = knobs
     if method.name != "none":
         data = load_data(f"synthetic:64:{classes}", input_size=spec.input_size, seed=seed)

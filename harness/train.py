@@ -63,8 +63,11 @@ class TrainRecipe:
 # 200 epochs, lr 0.1, steps at 81/122/151) are for CIFAR; the embedded digits set reaches
 # 97-98% with a CIFAR ResNet-20 in about 8 epochs, so the shorter presets scale down.
 BASELINE_RECIPES: dict[str, TrainRecipe] = {
-    "quick": TrainRecipe(epochs=6),
-    "standard": TrainRecipe(epochs=15),
+    # quick/standard are for the 1,437 training images of digits: at the papers' batch 128 and
+    # lr 0.1, ResNet-56 and VGG16-bn stay at 20-30% top-1 after 15 epochs (too few steps, too hot);
+    # batch 32 at lr 0.02 gives 99.7% (ResNet-56) and 98.9% (VGG16-bn) in 6 epochs (measured).
+    "quick": TrainRecipe(epochs=6, batch_size=32, lr=0.02),
+    "standard": TrainRecipe(epochs=15, batch_size=32, lr=0.02),
     "publication": TrainRecipe(epochs=200, schedule="multistep", milestones=(0.405, 0.61, 0.755)),
 }
 

@@ -52,8 +52,14 @@ class Knob:
             raise UserError(f"knob {self.name}={value} out of range [{self.low}, {self.high}]")
 
     def describe(self) -> str:
-        rng = "|".join(self.choices) if self.choices else f"[{self.low}, {self.high}]"
-        return f"{self.name}={rng} (default sweep {','.join(map(str, self.default_sweep))})"
+        if self.choices:
+            rng = "|".join(self.choices)
+        elif self.low is None and self.high is None:
+            rng = self.kind.__name__
+        else:
+            rng = f"[{self.low}, {self.high}]"
+        sweep = f"default sweep {','.join(map(str, self.default_sweep))}" if self.default_sweep else "only when given"
+        return f"{self.name}={rng} ({sweep})"
 
 
 @dataclass

@@ -73,7 +73,7 @@ def test_corrupt_checkpoint_fails_before_any_work(tmp_path):
 def _fast_config(tmp_path: Path, targets: list[str]) -> Path:
     cfg = tmp_path / "fast.toml"
     cfg.write_text(
-        f'models = ["resnet20"]\ntargets = {json.dumps(targets)}\npreset = "quick"\n'
+        f'models = ["resnet20"]\nmethods = ["none"]\ntargets = {json.dumps(targets)}\npreset = "quick"\n'
         'scenarios = ["SingleStream"]\npool_size = 16\nprogress = false\n'
         "[timing]\nwarmup_min_s = 0.0\nwarmup_min_n = 2\nmin_s = 0.0\nmin_n = 8\nmax_s = 5.0\n"
         "[recipe]\nepochs = 4\nbatch_size = 64\n")

@@ -27,8 +27,8 @@ REQUIRED = ["model", "method", "knob", "budget", "target", "scenario", "status",
 
 
 def _config(tmp_path, targets, **kw) -> SweepConfig:
-    base = dict(models=["resnet20"], data="digits", preset="quick", recipe=FAST_RECIPE, timing=FAST_TIMING,
-                out=tmp_path / "out", targets=targets, progress=False, pool_size=32, offline_batch=16)
+    base = dict(models=["resnet20"], methods=["none"], data="digits", preset="quick", recipe=FAST_RECIPE,
+                timing=FAST_TIMING, out=tmp_path / "out", targets=targets, progress=False, pool_size=32, offline_batch=16)
     base.update(kw)
     return SweepConfig(**base)
 
