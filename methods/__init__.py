@@ -9,6 +9,11 @@ from methods.base import Compressed, Deployable, Knob, Method, MethodContext
 
 METHODS: Registry[Method] = Registry("method", entry_point_group="harness.methods")
 METHODS.register("none", "methods.none:NoCompression")
+METHODS.register("deepshift", "methods.deepshift:DeepShift")
+METHODS.register("decompose", "methods.decompose:Decompose")
+METHODS.register("layer-prune", "methods.layer_prune:LayerPrune")
+METHODS.register("filter-prune", "methods.filter_prune:FilterPrune")
+METHODS.register("ftwt", "methods.ftwt:FTWT")
 
 
 def get_method(name: str) -> Method:
