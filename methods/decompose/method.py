@@ -1,0 +1,236 @@
+"""The ``decompose`` method: decomposition-accelerated training (Elhoushi et al. 2019) and
+post-training decomposition, each measured against the dense network of the same schedule."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from harness.data import eval_arrays
+from harness.errors import UserError
+from harness.export import onnx_summary
+from harness.models import build_model
+from harness.train import TrainRecipe, fit, make_sgd, predict, top1
+from methods.base import Compressed, Deployable, Knob, Method, MethodContext
+from methods.decompose import factors
+from methods.decompose.ranks import RankPolicy
+from methods.decompose.schedule import (RunResult, cached_dense, dense_key, recipe_for, step_time_ratio,
+                                        train_decomposed, train_dense)
+from methods.decompose.surgery import DECOMPS, LAYER_POLICIES, decompose_model, reconstruct_model, summary
+
+SCHEDULES = ("train", "post")
+# Defaults of the knobs that are not swept unless given (empty default_sweep).
+DEFAULTS: dict[str, Any] = {"decomp": "tucker", "multiple": 1, "layers": "all", "reconstruct_at": 0,
+                            "schedule": "train", "first": 0}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The knobs of one budget, with defaults filled in."""
+
+    policy: RankPolicy
+    decomp: str
+    layers: str
+    include_first: bool
+    schedule: str
+    decompose_at: int | None  # None: the preset recipe's
+    reconstruct_at: int
+
+    @classmethod
+    def from_knobs(cls, knobs: Mapping[str, Any]) -> "Settings":
+        k = {**DEFAULTS, **knobs}
+        if "energy" in k:
+            policy = RankPolicy("energy", float(k["energy"]), int(k["multiple"]))
+        elif "ratio" in k:
+            policy = RankPolicy("ratio", float(k["ratio"]), int(k["multiple"]))
+        else:
+            policy = RankPolicy(k.get("rank", "vbmf"), 0.0, int(k["multiple"]))
+        return cls(policy, k["decomp"], k["layers"], bool(k["first"]), k["schedule"], k.get("decompose_at"),
+                   int(k["reconstruct_at"]))
+
+
+class Decompose(Method):
+    name = "decompose"
+    summary = ("tensor decomposition (Tucker-2 / CP / SVD, EVBMF ranks) mid-training to train faster "
+               "(Elhoushi et al. 2019), or post-training; vs dense training of the same schedule")
+    produces = "smaller"
+    report_columns = ("decompose_top1", "decompose_dense_top1", "decompose_train_s", "decompose_dense_train_s",
+                      "decompose_train_speedup", "decompose_epoch_s_before", "decompose_epoch_s_after",
+                      "decompose_epoch_ratio_in_run", "decompose_step_speedup", "decompose_layers",
+                      "decompose_layers_skipped", "decompose_fold_max_rel_err", "decompose_graph_ok")
+    knobs = (
+        Knob("rank", str, ("vbmf",), choices=("vbmf",), help="rank policy: EVBMF on each mode unfolding"),
+        Knob("energy", float, (), 0.01, 1.0, help="alternative: keep this share of sum(sigma^2) per mode"),
+        Knob("ratio", float, (), 0.01, 1.0, help="alternative: rank = ceil(ratio * channels) per mode"),
+        Knob("decomp", str, (), choices=DECOMPS, help="tucker (1x1, kxk, 1x1) or cp (1x1, kx1, 1xk, 1x1)"),
+        Knob("multiple", int, (), 1, 1024, help="round ranks up to a multiple (paper's ResNet path: 16)"),
+        Knob("layers", str, (), choices=LAYER_POLICIES, help="all convs, residual conv2 only, or all + Linear"),
+        Knob("first", int, (), 0, 1, help="1: decompose the first conv too (excluded by default)"),
+        Knob("decompose_at", int, (), 1, 100000, help="dense epochs before decomposing (default: preset's)"),
+        Knob("reconstruct_at", int, (), 0, 100000, help="epoch to fold the chains back (0 = never)"),
+        Knob("schedule", str, (), choices=SCHEDULES,
+             help="train: decompose mid-training (the paper's claim); post: decompose the trained baseline"),
+    )
+    exclusive = (("rank", "energy", "ratio"),)
+
+    def validate(self, values: Mapping[str, Any]) -> None:
+        s = {**DEFAULTS, **values}
+        if s["schedule"] == "post" and ("decompose_at" in values or s["reconstruct_at"]):
+            raise UserError("decompose: decompose_at/reconstruct_at belong to schedule=train, not post")
+        if s["reconstruct_at"] and "decompose_at" in values and s["reconstruct_at"] <= values["decompose_at"]:
+            raise UserError("decompose: reconstruct_at must come after decompose_at")
+
+    # ----------------------------------------------------------------------------------- apply
+    def apply(self, ctx: MethodContext, knobs: Mapping[str, Any]) -> Compressed:
+        s = Settings.from_knobs(knobs)
+        decompose = partial(decompose_model, input_shape=tuple(ctx.data.input_shape), policy=s.policy,
+                            decomp=s.decomp, layers=s.layers, include_first=s.include_first, seed=ctx.seed)
+        common = {"decompose_schedule": s.schedule, "decompose_policy": s.policy.describe(),
+                  "decompose_kind": s.decomp, "decompose_layer_policy": s.layers}
+        if ctx.structure_only or ctx.data.synthetic:
+            # No training: inspect/contract tests, and latency-only sweeps on random labels (the
+            # dense baseline is not trained there either). Ranks come from the weights as they are.
+            plans = decompose(ctx.model)
+            note = "structure only" if ctx.structure_only else "synthetic data: untrained weights decomposed"
+            return Compressed([_decomposed(ctx.model, {})], 0.0,
+                              {**common, **summary(plans), "decompose_note": note})
+        if s.schedule == "post":
+            return self._post(ctx, s, decompose, common)
+        return self._train(ctx, s, decompose, common)
+
+    def _post(self, ctx: MethodContext, s: Settings, decompose: partial, common: dict) -> Compressed:
+        recipe = recipe_for(ctx.preset).post
+        x, y = eval_arrays(ctx.data)
+        before = top1(predict(ctx.model, x), y)
+        run, no_finetune = train_decomposed_post(ctx.model, ctx, recipe, decompose)
+        ctx.log(f"  decompose[post]: {summary(run.plans)['decompose_layers']} layers in {run.decomp_s:.1f} s, "
+                f"fine-tune {recipe.epochs} epochs")
+        extra = {**common, **summary(run.plans), "decompose_epochs": recipe.epochs,
+                 "decompose_train_s": run.train_s, "decompose_decomp_s": run.decomp_s,
+                 "decompose_epoch_s_decomposed": run.mean_epoch("decomposed"),
+                 "decompose_baseline_top1": before, "decompose_top1_no_finetune": no_finetune,
+                 "decompose_top1": top1(predict(run.model, x), y)}
+        return Compressed([_decomposed(run.model, {})], run.train_s, extra)
+
+    def _train(self, ctx: MethodContext, s: Settings, decompose: partial, common: dict) -> Compressed:
+        rec = recipe_for(ctx.preset)
+        recipe = rec.train
+        at = s.decompose_at or rec.decompose_at
+        if not 0 < at < recipe.epochs or (s.reconstruct_at and not at < s.reconstruct_at < recipe.epochs):
+            raise UserError(f"decompose: need 0 < decompose_at ({at}) < reconstruct_at ({s.reconstruct_at}, "
+                            f"0 = off) < the {ctx.preset} schedule's {recipe.epochs} epochs")
+
+        def build() -> nn.Module:
+            torch.manual_seed(ctx.seed)  # the dense and the decomposed run start from one init
+            return build_model(ctx.model_name, num_classes=ctx.data.num_classes)
+
+        dense, dense_source = cached_dense(
+            dense_key(ctx.model_name, ctx.data, recipe, ctx.seed), build,
+            lambda m: train_dense(m, ctx.data, recipe, seed=ctx.seed), Path(ctx.workdir) / "decompose")
+        ctx.log(f"  decompose: dense {recipe.epochs}-epoch schedule {dense.train_s:.1f} s ({dense_source})")
+        shape = tuple(ctx.data.input_shape)
+        run = train_decomposed(build(), ctx.data, recipe, seed=ctx.seed, decompose_at=at, decompose=decompose,
+                               reconstruct_at=s.reconstruct_at, reconstruct=partial(reconstruct_model, input_shape=shape))
+        thin = run.snapshot if run.snapshot is not None else run.model
+        step = step_time_ratio(dense.model, thin, ctx.data, recipe.batch_size, seed=ctx.seed)
+        x, y = eval_arrays(ctx.data)
+        accs = {"dense": top1(predict(dense.model, x), y), "final": top1(predict(run.model, x), y)}
+        extra = {**common, **summary(run.plans), **_timing(run, dense, step, recipe.epochs, at, s.reconstruct_at),
+                 "decompose_dense_source": dense_source, "decompose_dense_top1": accs["dense"],
+                 "decompose_top1": accs["final"],
+                 "decompose_top1_vs_dense": None if None in accs.values() else accs["final"] - accs["dense"],
+                 "decompose_lr_continuous": run.lrs == [recipe.lr_at(e) for e in range(recipe.epochs)],
+                 "decompose_fold_max_rel_err": max(run.fold_errors.values(), default=None)}
+        ctx.log(f"  decompose: {extra['decompose_layers']} layers, train {run.train_s:.1f} s vs dense "
+                f"{dense.train_s:.1f} s (x{extra['decompose_train_speedup']:.2f}), epoch x"
+                f"{extra['decompose_epoch_speedup']:.2f}, step x{step[2]:.2f}")
+        deps = [_decomposed(thin, {"decompose_trained_epochs": s.reconstruct_at or recipe.epochs,
+                                   "train_s": run.snapshot_train_s or run.train_s}),
+                Deployable(dense.model, "dense-schedule", check_graph=_conv_count,
+                           extra={"decompose_trained_epochs": recipe.epochs, "train_s": dense.train_s})]
+        if run.snapshot is not None:
+            deps.append(Deployable(run.model, "reconstructed", check_graph=_conv_count,
+                                   extra={"decompose_trained_epochs": recipe.epochs, "train_s": run.train_s}))
+        return Compressed(deps, run.train_s, extra)
+
+
+def train_decomposed_post(model: nn.Module, ctx: MethodContext, recipe: TrainRecipe,
+                          decompose: partial) -> tuple[RunResult, float | None]:
+    """Post-training mode: decompose the trained ``model`` and fine-tune it with a fresh optimizer;
+    returns the run and the top-1 right after decomposition (before fine-tuning)."""
+    run = RunResult(model)
+    t0 = time.perf_counter()
+    run.plans = decompose(model)
+    run.decomp_s = time.perf_counter() - t0
+    x, y = eval_arrays(ctx.data)
+    no_finetune = top1(predict(model, x), y)
+    res = fit(model, ctx.data, recipe, seed=ctx.seed, optimizer=make_sgd(model, recipe), desc="decompose post")
+    run.epoch_s, run.phase = res.epoch_s, ["decomposed"] * len(res.epoch_s)
+    run.train_s = run.decomp_s + res.train_s
+    model.eval()
+    return run, no_finetune
+
+
+def _timing(run: RunResult, dense: RunResult, step: tuple[float, float, float], epochs: int, at: int,
+            reconstruct_at: int) -> dict[str, Any]:
+    before, after = run.mean_epoch("dense"), run.mean_epoch("decomposed")
+    dense_epoch = dense.mean_epoch("dense")
+    return {"decompose_epochs": epochs, "decompose_at": at, "decompose_reconstruct_at": reconstruct_at,
+            "decompose_train_s": run.train_s, "decompose_decomp_s": run.decomp_s, "decompose_fold_s": run.fold_s,
+            "decompose_epoch_s_before": before, "decompose_epoch_s_after": after,
+            "decompose_epoch_s_reconstructed": run.mean_epoch("reconstructed"),
+            "decompose_epoch_ratio_in_run": before / after if before and after else None,
+            "decompose_dense_train_s": dense.train_s, "decompose_dense_epoch_s": dense_epoch,
+            "decompose_train_speedup": dense.train_s / run.train_s,
+            # the same ratio with the dense time estimated from this run's own dense epochs (phase A):
+            # immune to load changes between the cached dense run and this one on a shared machine
+            "decompose_train_speedup_in_run": epochs * before / run.train_s if before else None,
+            "decompose_epoch_speedup": dense_epoch / after if dense_epoch and after else None,
+            "decompose_step_s_dense": step[0], "decompose_step_s_decomposed": step[1],
+            "decompose_step_speedup": step[2]}
+
+
+# ----------------------------------------------------------------------------------- deployables
+def _decomposed(model: nn.Module, extra: dict) -> Deployable:
+    convs, linears = expected_shapes(model)
+    return Deployable(model, "default", check_graph=partial(check_chains, convs=convs, linears=linears),
+                      extra=extra)
+
+
+def expected_shapes(model: nn.Module) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """Weight shapes of every factor conv and factor linear of the chains in ``model``."""
+    convs, linears = [], []
+    for m in model.modules():
+        if isinstance(m, factors.CHAINS):
+            for layer in m:
+                (convs if isinstance(layer, nn.Conv2d) else linears).append(tuple(layer.weight.shape))
+    return convs, linears
+
+
+def check_chains(path: Path, convs: list[tuple[int, ...]], linears: list[tuple[int, ...]]) -> dict[str, Any]:
+    """Graph survival: the exported ONNX still holds every thin factor conv (Conv nodes with the
+    chosen ranks as channel counts) and every factor linear weight (either orientation)."""
+    import onnx
+
+    found = Counter(tuple(s) for s in onnx_summary(path)["conv_shapes"] if s is not None)
+    need = Counter(convs)
+    conv_hits = sum(min(n, found[s]) for s, n in need.items())
+    inits = Counter(tuple(t.dims) for t in onnx.load(str(path)).graph.initializer)
+    lin_hits = sum(1 for s in linears if inits[s] or inits[s[::-1]])
+    return {"decompose_graph_conv_nodes": sum(found.values()), "decompose_graph_thin_convs": len(convs),
+            "decompose_graph_thin_convs_found": conv_hits, "decompose_graph_factor_linears": len(linears),
+            "decompose_graph_factor_linears_found": lin_hits,
+            "decompose_graph_ok": conv_hits == len(convs) and lin_hits == len(linears)}
+
+
+def _conv_count(path: Path) -> dict[str, Any]:
+    return {"decompose_graph_conv_nodes": onnx_summary(path)["conv_nodes"]}
+
+
+__all__ = ["Decompose", "check_chains", "expected_shapes"]
