@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from harness.errors import UserError
+from harness.models.units import Unit
 from harness.registry import Registry, import_string
 
-__all__ = ["ModelSpec", "MODELS", "FAMILIES", "build_model", "model_spec", "load_checkpoint"]
+__all__ = ["ModelSpec", "MODELS", "FAMILIES", "Unit", "build_model", "model_spec", "load_checkpoint",
+           "removable_units"]
 
 FAMILIES = ("resnet_cifar", "vgg_cifar", "mobilenet_v2_cifar",
             "resnet_imagenet", "mobilenet_v2_imagenet", "vgg_imagenet")
@@ -89,6 +91,28 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
     return model_spec(name).builder(num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Removable units (layer pruning)
+
+# Each family's module declares its own units; torchvision's module is asked last (it imports
+# torchvision). Add a family here when it gains a declaration.
+_UNIT_DECLARATIONS = ("harness.models.cifar_resnet", "harness.models.cifar_vgg",
+                      "harness.models.cifar_mobilenet", "harness.models.imagenet")
+
+
+def removable_units(model: nn.Module) -> list[Unit]:
+    """The units of ``model`` that layer pruning may replace by identity, in forward order, as
+    declared by its family (see ``harness.models.units``); UserError for an undeclared model."""
+    import importlib
+
+    for name in _UNIT_DECLARATIONS:
+        units = importlib.import_module(name).removable_units(model)
+        if units is not None:
+            return units
+    raise UserError(f"model class {type(model).__name__} declares no removable units "
+                    f"(add removable_units() to its family module)")
 
 
 # ---------------------------------------------------------------------------------------------

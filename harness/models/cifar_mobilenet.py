@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from harness.models.init import ftwt_init
+from harness.models.units import Unit
 
 # (expansion t, out_channels, blocks, stride of the first block): kuangliu's CIFAR configuration.
 CIFAR_MBV2_CFG: list[tuple[int, int, int, int]] = [
@@ -112,3 +113,16 @@ class CifarMobileNetV2(nn.Module):
 def mobilenet_v2(num_classes: int = 10) -> CifarMobileNetV2:
     """CIFAR MobileNetV2 (width 1.0) matching FTWT's 91.15 M MACs / 2.297 M params."""
     return CifarMobileNetV2(num_classes)
+
+
+def removable_units(model: nn.Module) -> list[Unit] | None:
+    """Inverted-residual blocks with an identity skip (``use_skip``: stride 1, in == out), in
+    forward order; None when ``model`` is not a ``CifarMobileNetV2``. Scored by the block's
+    internal (hidden-width) filters: the expand and depthwise convs."""
+    if not isinstance(model, CifarMobileNetV2):
+        return None
+    return [Unit(f"bottlenecks.{i}", (f"bottlenecks.{i}",),
+                 ((f"bottlenecks.{i}.conv1", f"bottlenecks.{i}.bn1"),
+                  (f"bottlenecks.{i}.conv2", f"bottlenecks.{i}.bn2")))
+            for i, block in enumerate(model.bottlenecks)
+            if isinstance(block, InvertedResidual) and block.use_skip]

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.models.init import ftwt_init
+from harness.models.units import Unit
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -119,3 +120,22 @@ def resnet56(num_classes: int = 10) -> CifarResNet:
 def resnet110(num_classes: int = 10) -> CifarResNet:
     """CIFAR ResNet-110 (18 blocks per stage)."""
     return CifarResNet(110, num_classes)
+
+
+def removable_units(model: nn.Module) -> list[Unit] | None:
+    """BasicBlocks that keep resolution and width (identity shortcut), in forward order; None
+    when ``model`` is not a ``CifarResNet``.
+
+    The stem is never a unit; the first block of layer2/layer3 (stride 2, wider) is not either;
+    the first block of layer1 (16 -> 16, stride 1) is, as in LayerPrune's ``finetune.py``.
+    The unit is scored by its internal filters (conv1/bn1), as the paper's block gates are.
+    """
+    if not isinstance(model, CifarResNet):
+        return None
+    units = []
+    for stage in ("layer1", "layer2", "layer3"):
+        for i, block in enumerate(getattr(model, stage)):
+            if isinstance(block, BasicBlock) and isinstance(block.shortcut, nn.Identity):
+                path = f"{stage}.{i}"
+                units.append(Unit(path, (path,), ((f"{path}.conv1", f"{path}.bn1"),)))
+    return units

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from harness.models.init import ftwt_init
+from harness.models.units import Unit
 
 # "M" = 2x2 max pool; numbers = output channels of a conv3x3+BN+ReLU unit.
 VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -53,3 +54,34 @@ class CifarVGG(nn.Module):
 def vgg16_bn(num_classes: int = 10) -> CifarVGG:
     """CIFAR VGG16 with batch norm (FTWT's configuration "D")."""
     return CifarVGG(VGG16_CFG, num_classes)
+
+
+def vgg_units(features: nn.Sequential, prefix: str = "features") -> list[Unit]:
+    """Conv-BN-ReLU units of a VGG ``features`` stack whose removal keeps every shape.
+
+    OUR ASSUMPTION (LayerPrune released no VGG layer-removal code, papers.md 2.2): a unit is
+    removable only when its conv has C_in == C_out, stride 1 and "same" padding, and no pooling
+    sits inside the unit; units that change width or resolution would need the next layer
+    re-initialised, which the paper does not describe.
+    """
+    units = []
+    mods = list(features)
+    for i in range(len(mods) - 2):
+        conv, bn, act = mods[i:i + 3]
+        if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                and isinstance(act, (nn.ReLU, nn.ReLU6))):
+            continue
+        keeps_shape = (conv.in_channels == conv.out_channels and conv.stride == (1, 1)
+                       and conv.groups == 1 and conv.dilation == (1, 1)
+                       and all(2 * p == k - 1 for p, k in zip(conv.padding, conv.kernel_size)))
+        if keeps_shape:
+            paths = tuple(f"{prefix}.{j}" for j in range(i, i + 3))
+            units.append(Unit(paths[0], paths, ((paths[0], paths[1]),)))
+    return units
+
+
+def removable_units(model: nn.Module) -> list[Unit] | None:
+    """Shape-keeping conv-BN-ReLU units (see ``vgg_units``); None when not a ``CifarVGG``."""
+    if not isinstance(model, CifarVGG):
+        return None
+    return vgg_units(model.features)
