@@ -1,0 +1,195 @@
+"""FTWT ("Fire Together Wire Together", Elkerdawy et al., CVPR 2022): dynamic per-input channel
+pruning with self-supervised mask predictors, with the computation skipped for real.
+
+See methods/ftwt/README.md and /work/shared/papers.md section 1. Pieces:
+``gating`` (predictors, ground truth, wrapping, cost accounting, estimate before training),
+``skip`` (the real-skipping inference network and its ONNX export), this file (knobs, recipes,
+training, deployables).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from harness.data import eval_arrays, make_loader
+from harness.train import TrainRecipe, fit
+from methods.base import Compressed, Deployable, Knob, Method, MethodContext
+from methods.ftwt.gating import (FTWTNet, estimate_curve, mask_loss, measure_macs, r_for_macs,
+                                 wrap)
+from methods.ftwt.skip import build_skip, check_skip_graph, export_skip_onnx
+
+# The dynamic stage's recipe per preset, in ONE place. publication = the paper's dynamic stage
+# (job_dynamic.sh): 200 epochs from the baseline, backbone SGD lr 1e-2 (momentum 0.9, wd 5e-4,
+# batch 128) with x0.1 at epochs 81/122/151; predictors: their own SGD, lr 0.1, momentum 0.9, no
+# weight decay, no schedule. quick/standard are scaled down for the 1,797-image digits set (batch 64
+# so the predictors get enough steps before the cooldown), same schedule shape.
+_PAPER_MILESTONES = (81 / 200, 122 / 200, 151 / 200)
+RECIPES: dict[str, TrainRecipe] = {
+    "quick": TrainRecipe(epochs=5, lr=0.01, batch_size=64, schedule="multistep", milestones=_PAPER_MILESTONES),
+    "standard": TrainRecipe(epochs=30, lr=0.01, batch_size=64, schedule="multistep", milestones=_PAPER_MILESTONES),
+    "publication": TrainRecipe(epochs=200, lr=0.01, batch_size=128, schedule="multistep",
+                               milestones=_PAPER_MILESTONES),
+}
+PREDICTOR_LR = 0.1       # --mlr
+PREDICTOR_MOMENTUM = 0.9
+ESTIMATE_SAMPLES = 1024  # training images used for the MACs(r) curve before training
+R_GRID = np.round(np.arange(0.50, 1.0001, 0.005), 4)
+
+
+class FixedLrSGD(torch.optim.SGD):
+    """SGD whose param groups with a ``fixed_lr`` keep that learning rate whatever ``fit``'s
+    schedule sets (``harness.train._set_lr`` writes lr = schedule_lr * lr_scale into every group
+    at the start of each epoch). This is the paper's separate predictor optimizer (SGD, momentum
+    0.9, lr 0.1, no weight decay, no scheduler) as a param group of the one optimizer fit takes:
+    SGD updates each group independently, so the two are the same optimizer mathematically."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            if "fixed_lr" in group:
+                group["lr"] = group["fixed_lr"]
+        return super().step(closure)
+
+
+def _train_images(ctx: MethodContext, limit: int) -> torch.Tensor:
+    loader = make_loader(ctx.data.train, batch_size=256, shuffle=False, seed=ctx.seed, augment=False)
+    xs, n = [], 0
+    for x, _ in loader:
+        xs.append(x)
+        n += len(x)
+        if n >= limit:
+            break
+    return torch.cat(xs)[:limit]
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    """Hash of the baseline's weights: a training checkpoint is reused only for the same start."""
+    h = hashlib.sha256()
+    for t in model.state_dict().values():
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class FTWT(Method):
+    name = "ftwt"
+    summary = ("FTWT dynamic channel pruning: per-input mask predictors trained on heatmap-mass "
+               "ground truth; real skipping on torch-eager and in-graph selection for ONNX")
+    produces = "dynamic"
+    report_columns = ("ftwt_r", "ftwt_est_reduction", "ftwt_achieved_reduction", "ftwt_est_gap_points",
+                      "ftwt_macs_p10", "ftwt_macs_p50", "ftwt_macs_p90", "ftwt_predictor_macs", "ftwt_execution",
+                      "ftwt_batch_policy", "ftwt_onnx_gather_nodes")
+    knobs = (
+        Knob("r", float, (0.8, 0.88, 0.92, 0.97, 1.0), 0.05, 1.0,
+             help="kept heatmap mass per layer (the ground truth's threshold, --mthresh)"),
+        Knob("macs", float, (), 0.05, 1.0,
+             help="target MACs ratio (kept/dense); r is picked from the MACs(r) curve estimated on "
+                  "the baseline before training"),
+        Knob("mode", str, ("decoupled",), choices=("decoupled", "joint"),
+             help="decoupled: predictors see a detached input; joint: the mask loss trains the backbone too"),
+        Knob("pool", str, ("max",), choices=("max", "avg"),
+             help="predictor pooling: max (paper) or avg (released code)"),
+        Knob("cooldown", float, (0.5,), 0.0, 1.0,
+             help="fraction of the epochs with mask loss weight 1 (0 afterwards)"),
+    )
+    exclusive = (("r", "macs"),)
+
+    def skip_reason(self, target_key: str, deployable: Deployable) -> str | None:
+        if deployable.variant == "default" and target_key == "ov-cpu":
+            # measured: compile_model fails with "Doesn't support dynamic weights shape" (CPU
+            # plugin, Conv whose weight comes from NonZero -> Gather at run time)
+            return ("OpenVINO CPU cannot compile Conv weights with a run-time channel count "
+                    "(\"Doesn't support dynamic weights shape\"); the masked variant runs there")
+        return None
+
+    def apply(self, ctx: MethodContext, knobs: Mapping[str, Any]) -> Compressed:
+        mode, pool = knobs.get("mode", "decoupled"), knobs.get("pool", "max")
+        cooldown = float(knobs.get("cooldown", 0.5))
+        recipe = RECIPES[ctx.preset]
+        fingerprint = _fingerprint(ctx.model)
+        net = wrap(ctx.model, tuple(ctx.data.input_shape), pool=pool, mode=mode)
+        dense = net.spec.dense_macs()
+        # Cost before training: the MACs(r) curve of the ground-truth rule on the trained baseline.
+        n_est = 64 if ctx.structure_only else ESTIMATE_SAMPLES
+        curve = estimate_curve(net, _train_images(ctx, n_est), R_GRID)
+        r = float(knobs["r"]) if "r" in knobs else r_for_macs(R_GRID, curve, float(knobs["macs"]))
+        est_ratio = float(np.interp(r, R_GRID, curve))
+        ctx.log(f"  ftwt: r={r:.4f}, estimated MACs ratio {est_ratio:.3f} before training")
+        net.set(r=r)
+        train_s = 0.0
+        if not ctx.structure_only:
+            train_s = _train(net, ctx, recipe, cooldown, knobs, r, fingerprint)
+        net.eval().set(collect=False, record=False, gating=True)
+        x_test, _ = eval_arrays(ctx.data)
+        if ctx.structure_only:
+            x_test = x_test[:64]
+        per_sample = measure_macs(net, torch.from_numpy(x_test)) if len(x_test) else np.array([dense], float)
+        mean_macs = float(per_sample.mean())
+        p10, p50, p90 = np.percentile(per_sample, [10, 50, 90])
+        extra = {
+            "ftwt_r": r, "ftwt_mode": mode, "ftwt_pool": pool, "ftwt_cooldown": cooldown,
+            "ftwt_est_reduction": round(1 - est_ratio, 4),
+            "ftwt_achieved_reduction": round(1 - mean_macs / dense, 4),
+            "ftwt_est_gap_points": round(100 * (mean_macs / dense - est_ratio), 2),
+            "ftwt_macs_mean": mean_macs, "ftwt_macs_p10": float(p10), "ftwt_macs_p50": float(p50),
+            "ftwt_macs_p90": float(p90), "ftwt_dense_macs_counted": dense,
+            "ftwt_predictor_macs": net.spec.predictor_macs(net.units),
+            "ftwt_recipe_epochs": recipe.epochs,
+        }
+        ctx.log(f"  ftwt: achieved MACs ratio {mean_macs / dense:.3f} (estimated {est_ratio:.3f})")
+        deps = []
+        skip = build_skip(net)
+        if skip is not None:
+            deps.append(Deployable(skip, "default", export_onnx=export_skip_onnx, macs=mean_macs,
+                                   check_graph=check_skip_graph,
+                                   extra={**extra, "ftwt_execution": "skip (gathered weights, BN folded)",
+                                          "ftwt_batch_policy": "union of masks, per-sample mask multiply"}))
+        deps.append(Deployable(net, "masked", macs=float(dense),
+                               extra={**extra, "ftwt_execution": "masked dense (computes all, multiplies by mask)"}))
+        return Compressed(deps, train_s=train_s)
+
+
+def _train(net: FTWTNet, ctx: MethodContext, recipe: TrainRecipe, cooldown: float,
+           knobs: Mapping[str, Any], r: float, fingerprint: str) -> float:
+    """The dynamic stage, from the trained baseline: CE + lambda * L_mask with lambda = 1 for the
+    first ``cooldown`` fraction of the epochs, then 0. After the cooldown the ground truth is no
+    longer computed, so the predictors stop moving (the released code keeps stepping them with zero
+    gradient, which only lets their momentum decay)."""
+    pred = [p for u in net.units for p in u.predictor.parameters()]
+    pred_ids = {id(p) for p in pred}
+    backbone = [p for p in net.parameters() if id(p) not in pred_ids and p.requires_grad]
+    opt = FixedLrSGD([
+        {"params": backbone, "weight_decay": recipe.weight_decay},
+        {"params": pred, "weight_decay": 0.0, "momentum": PREDICTOR_MOMENTUM, "fixed_lr": PREDICTOR_LR},
+    ], lr=recipe.lr, momentum=recipe.momentum)
+    mask_epochs = int(round(cooldown * recipe.epochs))
+    # resumable: a killed sweep continues from the last finished epoch of this exact run
+    key = hashlib.sha256(json.dumps([ctx.model_name, fingerprint, repr(recipe), ctx.seed,
+                                     sorted(knobs.items()), r, ctx.data.content_hash],
+                                    default=str).encode()).hexdigest()[:16]
+    ckpt = Path(ctx.workdir) / f"ftwt-{ctx.model_name}-{key}.ckpt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        done = int(torch.load(ckpt, weights_only=True).get("epoch", 0)) if ckpt.exists() else 0
+    except Exception:  # unusable checkpoint: fit says so and starts over
+        done = 0
+    net.set(collect=done < mask_epochs, gating=True, record=False)
+
+    def extra_loss(model, x, y, out):
+        if not net.units[0].collect:
+            return out.new_zeros(())
+        return mask_loss(net.units)
+
+    def on_epoch_end(epoch: int, model) -> None:
+        if epoch + 1 >= mask_epochs:
+            net.set(collect=False)
+            for u in net.units:
+                u.last = {}
+
+    result = fit(net, ctx.data, recipe, seed=ctx.seed, optimizer=opt, extra_loss=extra_loss,
+                 on_epoch_end=on_epoch_end, desc="ftwt", progress=False, checkpoint=ckpt)
+    return result.train_s
