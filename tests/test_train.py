@@ -98,3 +98,16 @@ def test_fit_in_phases_continues_the_schedule():
             max_batches=1, on_epoch_end=lambda e, m, o=opt: seen.append((e, o.param_groups[0]["lr"])))
     assert [e for e, _ in seen] == [0, 1, 2, 3]
     assert [lr for _, lr in seen] == [recipe.lr_at(e) for e in range(4)]
+
+
+def test_trace_calls_lists_modules_in_call_order_with_input_shapes():
+    from torch import nn
+
+    from harness.models import build_model
+    from harness.trace import trace_calls
+
+    model = build_model("resnet20").train()
+    calls = trace_calls(model, (3, 32, 32), lambda m: isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert calls[0] == ("conv1", (3, 32, 32)) and calls[-1] == ("fc", (64,))
+    assert ("layer2.0.conv1", (16, 32, 32)) in calls and len(calls) == 20  # 19 convs + fc
+    assert model.training  # mode restored

@@ -18,6 +18,7 @@ from torch import nn
 
 from harness.errors import UserError
 from harness.macs import count_macs
+from harness.trace import trace_calls
 from methods.decompose import factors
 from methods.decompose.ranks import RankPolicy
 
@@ -44,23 +45,10 @@ class LayerPlan:
 
 def layer_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     """Per Conv2d/Linear module name, the shape of its input (batch excluded), in forward order."""
+    calls = trace_calls(model, input_shape, lambda m: isinstance(m, (nn.Conv2d, nn.Linear)))
     shapes: dict[str, tuple[int, ...]] = {}
-    names = {m: n for n, m in model.named_modules()}
-
-    def hook(module: nn.Module, inputs: tuple, _out: torch.Tensor) -> None:
-        shapes.setdefault(names[module], tuple(inputs[0].shape[1:]))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            p = next(model.parameters())
-            model(torch.zeros((1, *input_shape), dtype=p.dtype, device=p.device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    for name, shape in calls:
+        shapes.setdefault(name, shape)
     return shapes
 
 

@@ -13,6 +13,8 @@ import copy
 import torch
 from torch import nn
 
+from harness.trace import trace_calls
+
 from methods.deepshift.modules import (SHIFT_FROZEN, SHIFT_LAYERS, SHIFT_TRAINABLE, ChannelAffine,
                                        FrozenShiftConv2d, FrozenShiftLinear, ShiftConv2dPS,
                                        ShiftConv2dQ, ShiftLinearPS, ShiftLinearQ, p_min_for,
@@ -21,38 +23,12 @@ from methods.deepshift.modules import (SHIFT_FROZEN, SHIFT_LAYERS, SHIFT_TRAINAB
 
 def call_order(model: nn.Module, input_shape: tuple[int, ...], kinds: tuple[type, ...]) -> list[str]:
     """Names of the modules of ``kinds`` in the order one forward pass calls them (each once)."""
-    order: list[str] = []
-    names = {m: n for n, m in model.named_modules()}
-    handles = [m.register_forward_hook(lambda mod, _i, _o: order.append(names[mod]))
-               for m in model.modules() if isinstance(m, kinds)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            p = next(model.parameters())
-            model(torch.zeros((1, *input_shape), dtype=p.dtype, device=p.device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return list(dict.fromkeys(order))
+    return list(dict.fromkeys(n for n, _ in trace_calls(model, input_shape, lambda m: isinstance(m, kinds))))
 
 
 def leaf_call_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
     """Names of all leaf modules in call order (repeats kept): which module follows which."""
-    order: list[str] = []
-    names = {m: n for n, m in model.named_modules()}
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(lambda mod, _i, _o: order.append(names[mod])) for m in leaves]
-    try:
-        model.eval()
-        with torch.no_grad():
-            p = next(model.parameters())
-            model(torch.zeros((1, *input_shape), dtype=p.dtype, device=p.device))
-    finally:
-        for h in handles:
-            h.remove()
-    return order
+    return [n for n, _ in trace_calls(model, input_shape, lambda m: not list(m.children()))]
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
