@@ -138,25 +138,26 @@ def _default_opset(model: Any) -> int:
 
 def _weight_shape(name: str, inits: dict, producers: dict) -> list[int] | None:
     """Shape of the constant tensor called ``name``, following Identity chains."""
+    tensor = constant_tensor(name, inits, producers)
+    return list(tensor.dims) if tensor is not None else None
+
+
+def constant_tensor(name: str, inits: dict, producers: dict) -> Any | None:
+    """The TensorProto of the constant called ``name`` (an initializer or a Constant node's value,
+    through Identity chains), or None when it is computed at run time. ``inits`` maps names to
+    initializers, ``producers`` output names to nodes."""
     for _ in range(len(producers) + 1):  # bounded walk: a malformed cycle cannot hang us
         if name in inits:
-            return list(inits[name].dims)
+            return inits[name]
         node = producers.get(name)
         if node is None:
             return None
         if node.op_type == "Identity":
             name = node.input[0]
         elif node.op_type == "Constant":
-            return _constant_shape(node)
+            return next((attr.t for attr in node.attribute if attr.name == "value"), None)
         else:
             return None
-    return None
-
-
-def _constant_shape(node: Any) -> list[int] | None:
-    for attr in node.attribute:
-        if attr.name == "value":
-            return list(attr.t.dims)
     return None
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from harness.export import export_onnx
+from harness.export import constant_tensor, export_onnx
 from methods.deepshift.convert import write_out_batchnorm
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
@@ -37,33 +37,23 @@ def constant_of(name: str, graph: Any) -> np.ndarray | None:
 
     inits = {t.name: t for t in graph.initializer}
     producers = {out: n for n in graph.node for out in n.output}
-    for _ in range(len(graph.node) + 1):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        node = producers.get(name)
-        if node is None:
-            return None
-        if node.op_type == "Identity":
-            name = node.input[0]
-        elif node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    return numpy_helper.to_array(attr.t)
-            return None
-        else:
-            return None
-    return None
+    tensor = constant_tensor(name, inits, producers)
+    return numpy_helper.to_array(tensor) if tensor is not None else None
 
 
 def weight_nodes(graph: Any) -> list[tuple[Any, np.ndarray]]:
     """(node, constant weight) for every Conv/Gemm/MatMul with a constant weight, in graph order
     (the exporters emit nodes in call order, which is how they are matched to layers)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}  # built once, not per node
+    producers = {out: n for n in graph.node for out in n.output}
     out = []
     for node in graph.node:
         if node.op_type in WEIGHT_OPS and len(node.input) > 1:
-            w = constant_of(node.input[1], graph)
-            if w is not None:
-                out.append((node, w))
+            tensor = constant_tensor(node.input[1], inits, producers)
+            if tensor is not None:
+                out.append((node, numpy_helper.to_array(tensor)))
     return out
 
 
