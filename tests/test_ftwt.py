@@ -14,8 +14,8 @@ from harness.models.cifar_vgg import CifarVGG
 from harness.train import TrainRecipe, _set_lr
 from methods import MethodContext, get_method
 from methods.ftwt import RECIPES, FixedLrSGD
-from methods.ftwt.gating import (CostEntry, CostSpec, estimate_curve, ground_truth, mask_loss,
-                                 measure_macs, r_for_macs, wrap)
+from methods.ftwt.gating import (CostEntry, CostSpec, _threshold, calibrate, estimate_curve, ground_truth,
+                                 mask_loss, measure_macs, r_for_macs, wrap)
 from methods.ftwt.skip import build_skip, check_skip_graph, export_skip_onnx
 
 
@@ -123,6 +123,40 @@ def test_estimate_curve_monotone_and_picks_r():
     assert all(u.gating and not u.collect for u in net.units)  # flags restored
 
 
+def test_threshold_splits_at_k():
+    logits = torch.tensor([[3.0, -1.0, 0.5], [2.0, 1.0, -4.0]])
+    for k in range(7):
+        assert int((logits > _threshold(logits, k)).sum()) == k
+
+
+def test_calibration_matches_ground_truth_keep_rate():
+    """The paper's sigmoid > 0.5 over-keeps when the predictor is unsure; calibration moves each
+    layer's threshold so that its mean kept count equals the ground truth's, layer after layer
+    on inputs masked by the calibrated layers before it."""
+    torch.manual_seed(0)
+    model = CifarResNet(8)
+    _randomise_bn(model)
+    net = wrap(model, (3, 16, 16)).set(r=0.7)
+    for u in net.units:  # an "unsure" predictor that keeps everything
+        u.predictor.bias.data.fill_(5.0)
+    x = torch.randn(40, 3, 16, 16)
+    net.units[0].collect = True  # a flag that calibration must restore
+    net.train()
+    residual = calibrate(net, x, batch_size=16)
+    assert net.training and net.units[0].collect and not net.units[1].collect
+    assert not any(u.calibrating for u in net.units)
+    assert max(residual) < 1e-6  # |kept - ground truth| per layer, as a fraction of its filters
+    # independent check: one pass with the calibrated thresholds, mask vs ground truth per layer
+    net.eval().set(collect=True)
+    with torch.no_grad():
+        net(x)
+    for u in net.units:
+        kept, gt = (u.last["logits"] > 0).sum(), u.last["gt"].sum()
+        assert int(kept) == int(gt) and 0 < int(gt) < u.last["gt"].numel()
+    # the predictors' ranking is kept: only the bias moved
+    assert all(u.predictor.bias.data.std() < 1e-6 for u in net.units)
+
+
 def test_predictor_group_keeps_fixed_lr_and_mask_loss():
     net = wrap(CifarResNet(8), (3, 8, 8))
     pred = [p for u in net.units for p in u.predictor.parameters()]
@@ -155,6 +189,7 @@ def test_apply_trains_and_reports(monkeypatch, tmp_path):
     extra = variants["default"].extra
     assert 0.0 <= extra["ftwt_est_reduction"] <= 1 and 0.05 <= extra["ftwt_r"] <= 1.0
     assert extra["ftwt_macs_p10"] <= extra["ftwt_macs_p50"] <= extra["ftwt_macs_p90"]
+    assert extra["ftwt_calibrate"] == "gt" and 0 <= extra["ftwt_kept_frac"] <= 1 and 0 <= extra["ftwt_gt_kept_frac"] <= 1
     assert variants["default"].macs == pytest.approx(extra["ftwt_macs_mean"])
     assert variants["masked"].macs == extra["ftwt_dense_macs_counted"]
     assert method.skip_reason("ov-cpu", variants["default"]) and not method.skip_reason("ov-cpu", variants["masked"])

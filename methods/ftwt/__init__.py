@@ -19,8 +19,8 @@ import torch
 from harness.data import eval_arrays, make_loader
 from harness.train import TrainRecipe, fit
 from methods.base import Compressed, Deployable, Knob, Method, MethodContext
-from methods.ftwt.gating import (FTWTNet, estimate_curve, mask_loss, measure_macs, r_for_macs,
-                                 wrap)
+from methods.ftwt.gating import (FTWTNet, calibrate, estimate_curve, keep_rates, mask_loss,
+                                 measure_macs, r_for_macs, wrap)
 from methods.ftwt.skip import build_skip, check_skip_graph, export_skip_onnx
 
 # The dynamic stage's recipe per preset, in ONE place. publication = the paper's dynamic stage
@@ -80,7 +80,7 @@ class FTWT(Method):
     summary = ("FTWT dynamic channel pruning: per-input mask predictors trained on heatmap-mass "
                "ground truth; real skipping on torch-eager and in-graph selection for ONNX")
     produces = "dynamic"
-    report_columns = ("ftwt_r", "ftwt_est_reduction", "ftwt_achieved_reduction", "ftwt_est_gap_points",
+    report_columns = ("ftwt_r", "ftwt_calibrate", "ftwt_kept_frac", "ftwt_gt_kept_frac", "ftwt_est_reduction", "ftwt_achieved_reduction", "ftwt_est_gap_points",
                       "ftwt_macs_p10", "ftwt_macs_p50", "ftwt_macs_p90", "ftwt_predictor_macs", "ftwt_execution",
                       "ftwt_batch_policy", "ftwt_onnx_gather_nodes")
     knobs = (
@@ -95,6 +95,10 @@ class FTWT(Method):
              help="predictor pooling: max (paper) or avg (released code)"),
         Knob("cooldown", float, (0.5,), 0.0, 1.0,
              help="fraction of the epochs with mask loss weight 1 (0 afterwards)"),
+        Knob("calibrate", str, ("gt",), choices=("gt", "off"),
+             help="gt: when the predictors freeze, move each layer's threshold so it keeps as many "
+                  "filters on average as the ground truth (then the backbone fine-tunes on those "
+                  "masks); off: the paper's sigmoid > 0.5"),
     )
     exclusive = (("r", "macs"),)
 
@@ -115,14 +119,18 @@ class FTWT(Method):
         dense = net.spec.dense_macs()
         # Cost before training: the MACs(r) curve of the ground-truth rule on the trained baseline.
         n_est = 64 if ctx.structure_only else ESTIMATE_SAMPLES
-        curve = estimate_curve(net, _train_images(ctx, n_est), R_GRID)
+        images = _train_images(ctx, n_est)  # also the calibration set (no augmentation)
+        curve = estimate_curve(net, images, R_GRID)
         r = float(knobs["r"]) if "r" in knobs else r_for_macs(R_GRID, curve, float(knobs["macs"]))
         est_ratio = float(np.interp(r, R_GRID, curve))
         ctx.log(f"  ftwt: r={r:.4f}, estimated MACs ratio {est_ratio:.3f} before training")
         net.set(r=r)
         train_s = 0.0
         if not ctx.structure_only:
-            train_s = _train(net, ctx, recipe, cooldown, knobs, r, fingerprint)
+            calib_images = images if knobs.get("calibrate", "gt") == "gt" else None
+            train_s = _train(net, ctx, recipe, cooldown, knobs, r, fingerprint, calib_images)
+        # how many filters the deployed predictors keep against the final network's ground truth
+        kept, gt_kept = keep_rates(net, images)
         net.eval().set(collect=False, record=False, gating=True)
         x_test, _ = eval_arrays(ctx.data)
         if ctx.structure_only:
@@ -132,6 +140,8 @@ class FTWT(Method):
         p10, p50, p90 = np.percentile(per_sample, [10, 50, 90])
         extra = {
             "ftwt_r": r, "ftwt_mode": mode, "ftwt_pool": pool, "ftwt_cooldown": cooldown,
+            "ftwt_calibrate": knobs.get("calibrate", "gt"),
+            "ftwt_kept_frac": round(float(kept.mean()), 4), "ftwt_gt_kept_frac": round(float(gt_kept.mean()), 4),
             "ftwt_est_reduction": round(1 - est_ratio, 4),
             "ftwt_achieved_reduction": round(1 - mean_macs / dense, 4),
             "ftwt_est_gap_points": round(100 * (mean_macs / dense - est_ratio), 2),
@@ -154,11 +164,15 @@ class FTWT(Method):
 
 
 def _train(net: FTWTNet, ctx: MethodContext, recipe: TrainRecipe, cooldown: float,
-           knobs: Mapping[str, Any], r: float, fingerprint: str) -> float:
+           knobs: Mapping[str, Any], r: float, fingerprint: str,
+           calib_images: torch.Tensor | None) -> float:
     """The dynamic stage, from the trained baseline: CE + lambda * L_mask with lambda = 1 for the
     first ``cooldown`` fraction of the epochs, then 0. After the cooldown the ground truth is no
     longer computed, so the predictors stop moving (the released code keeps stepping them with zero
-    gradient, which only lets their momentum decay)."""
+    gradient, which only lets their momentum decay). With ``calib_images``, the thresholds are
+    calibrated (``gating.calibrate``) at the end of every mask-phase epoch, so the backbone always
+    trains on masks with the ground truth's keep rate, and the remaining epochs fine-tune it on the
+    masks that will be deployed. Returns the training seconds."""
     pred = [p for u in net.units for p in u.predictor.parameters()]
     pred_ids = {id(p) for p in pred}
     backbone = [p for p in net.parameters() if id(p) not in pred_ids and p.requires_grad]
@@ -184,12 +198,26 @@ def _train(net: FTWTNet, ctx: MethodContext, recipe: TrainRecipe, cooldown: floa
             return out.new_zeros(())
         return mask_loss(net.units)
 
+    def calibrate_now(last: bool) -> None:
+        if calib_images is not None:
+            worst = max(calibrate(net, calib_images))
+            if last:
+                ctx.log(f"  ftwt: thresholds calibrated to the ground truth's keep rate "
+                        f"(worst layer off by {worst:.3f} of its filters)")
+
     def on_epoch_end(epoch: int, model) -> None:
-        if epoch + 1 >= mask_epochs:
+        # calibrated after every epoch of the mask phase, so the backbone trains on masks with the
+        # ground truth's keep rate from the first epoch on; the last one is what is deployed
+        if epoch + 1 <= mask_epochs:
+            calibrate_now(last=epoch + 1 == mask_epochs)
+        if epoch + 1 == mask_epochs:
             net.set(collect=False)
             for u in net.units:
                 u.last = {}
 
+    if mask_epochs == 0 and done == 0:  # cooldown 0: the predictors never train
+        net.set(collect=False)
+        calibrate_now(last=True)
     result = fit(net, ctx.data, recipe, seed=ctx.seed, optimizer=opt, extra_loss=extra_loss,
                  on_epoch_end=on_epoch_end, desc="ftwt", progress=False, checkpoint=ckpt)
     return result.train_s
