@@ -2,7 +2,7 @@
 
     python benchmarks/ftwt_same_run.py SWEEP_OUT_DIR MODEL [--threads 1]
 
-Reads the artifacts a sweep wrote (``none`` default, ``ftwt`` default and masked; the first of
+Reads the artifacts a sweep wrote (``none`` default, ``ftwt`` default, skip-all and masked; the first of
 each if several budgets were swept, or ``--tag`` to pick one) and the pool of real test inputs, then
 times each model per input in interleaved rounds: torch eager (inference_mode) and ONNX Runtime
 (ORT_ENABLE_ALL). It prints the median over inputs and the dense/model ratio. This is for a shared
@@ -61,6 +61,8 @@ def main() -> None:
     print(f"{args.model}, ftwt budget {budget}")
     files = {"dense": pick("none", "default"), "skip": pick("ftwt", "default"),
              "masked": pick("ftwt", "masked")}
+    if ((rows.method == "ftwt") & (rows.variant == "skip-all")).any():
+        files["skip-all"] = pick("ftwt", "skip-all")  # the engine with every filter selected
     pool = sorted(glob.glob(str(Path(args.out) / "work" / f"{args.model}-*" / "pool.npy")))[0]
     xs = [np.ascontiguousarray(x[None]) for x in np.load(pool)[: args.inputs]]
     runners = {}

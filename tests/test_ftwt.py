@@ -185,7 +185,7 @@ def test_apply_trains_and_reports(monkeypatch, tmp_path):
     method = get_method("ftwt")
     out = method.apply(ctx, {"macs": 0.6, "mode": "decoupled", "pool": "max", "cooldown": 0.5})
     variants = {d.variant: d for d in out.deployables}
-    assert set(variants) == {"default", "masked"} and out.train_s > 0
+    assert set(variants) == {"default", "skip-all", "masked"} and out.train_s > 0
     extra = variants["default"].extra
     assert 0.0 <= extra["ftwt_est_reduction"] <= 1 and 0.05 <= extra["ftwt_r"] <= 1.0
     assert extra["ftwt_macs_p10"] <= extra["ftwt_macs_p50"] <= extra["ftwt_macs_p90"]
@@ -193,6 +193,13 @@ def test_apply_trains_and_reports(monkeypatch, tmp_path):
     assert variants["default"].macs == pytest.approx(extra["ftwt_macs_mean"])
     assert variants["masked"].macs == extra["ftwt_dense_macs_counted"]
     assert method.skip_reason("ov-cpu", variants["default"]) and not method.skip_reason("ov-cpu", variants["masked"])
+    assert method.skip_reason("ov-cpu", variants["skip-all"]) and variants["skip-all"].macs == variants["masked"].macs
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():  # skip-all computes the dense function of the fine-tuned net
+        dense = variants["masked"].model.set(gating=False)(x)
+        assert (variants["skip-all"].model(x[:1]) - dense[:1]).abs().max() < 1e-4
+        assert (variants["skip-all"].model(x) - dense).abs().max() < 1e-4
+    variants["masked"].model.set(gating=True)
     assert len(variants["masked"].model.units) == 19  # stem + 2 per block of ResNet-20
 
 

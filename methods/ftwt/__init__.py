@@ -103,7 +103,7 @@ class FTWT(Method):
     exclusive = (("r", "macs"),)
 
     def skip_reason(self, target_key: str, deployable: Deployable) -> str | None:
-        if deployable.variant == "default" and target_key == "ov-cpu":
+        if deployable.variant in ("default", "skip-all") and target_key == "ov-cpu":
             # measured: compile_model fails with "Doesn't support dynamic weights shape" (CPU
             # plugin, Conv whose weight comes from NonZero -> Gather at run time)
             return ("OpenVINO CPU cannot compile Conv weights with a run-time channel count "
@@ -154,10 +154,16 @@ class FTWT(Method):
         deps = []
         skip = build_skip(net)
         if skip is not None:
+            batch_policy = "union of masks, per-sample mask multiply"
             deps.append(Deployable(skip, "default", export_onnx=export_skip_onnx, macs=mean_macs,
                                    check_graph=check_skip_graph,
                                    extra={**extra, "ftwt_execution": "skip (gathered weights, BN folded)",
-                                          "ftwt_batch_policy": "union of masks, per-sample mask multiply"}))
+                                          "ftwt_batch_policy": batch_policy}))
+            deps.append(Deployable(build_skip(net, select_all=True), "skip-all", export_onnx=export_skip_onnx,
+                                   macs=float(dense), check_graph=check_skip_graph,
+                                   extra={**extra, "ftwt_execution": "skip engine with every filter selected "
+                                          "(what the engine costs without skipping)",
+                                          "ftwt_batch_policy": batch_policy}))
         deps.append(Deployable(net, "masked", macs=float(dense),
                                extra={**extra, "ftwt_execution": "masked dense (computes all, multiplies by mask)"}))
         return Compressed(deps, train_s=train_s)

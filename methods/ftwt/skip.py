@@ -18,9 +18,15 @@ selections of the samples in the batch, and each sample's output is then multipl
 mask, so every sample gets exactly its masked-dense result. At batch 1 the union is the sample's
 own set and the multiply is skipped. With large batches the union tends to the dense set.
 
+Batch 1 in eager (``SkipConv._single``) is the latency path: a trimmed op sequence and a conv
+kernel picked by shape (``_conv_single``: NNPACK for stride-1 3x3 convs on maps >= 16x16, a
+transposed im2col GEMM for maps of <= 4 output pixels, THNN otherwise; the measurements behind
+that choice are in the comment above it). Batched inputs and tracing take ``SkipConv._batched``
+(plain ``F.conv2d``).
+
 No ``torch.jit``/compile tricks: plain modules, picklable (torch-eager target), and traceable by
 the TorchScript ONNX exporter, which keeps the selection inside the graph (NonZero -> Gather ->
-Conv) at run time.
+Conv) at run time. (Scripting the batch-1 step saved ~0.5 us of ~12 us per conv: not worth it.)
 """
 from __future__ import annotations
 
@@ -54,12 +60,21 @@ class SkipConv(nn.Module):
         self.bias = nn.Parameter(b, requires_grad=False)
         self.pw = nn.Parameter(unit.predictor.weight.detach().t().contiguous(), requires_grad=False)
         self.pb = nn.Parameter(unit.predictor.bias.detach().clone(), requires_grad=False)
+        # -pb for the batch-1 compare (logits > 0 <=> softmax(e) @ pw > -pb); derived from pb
+        # here, so rebuild the SkipConv (build_skip) after changing the predictor bias.
+        self.register_buffer("neg_pb", -self.pb.detach().clone())
         self.stride = unit.conv.stride
         self.padding = unit.conv.padding
         self.c_in = unit.conv.in_channels
         self.relu = not isinstance(unit.act, nn.Identity)
         self.relu6 = isinstance(unit.act, nn.ReLU6)
         self.max_pool = unit.pool == "max"
+
+    def __setstate__(self, state):
+        # modules pickled by the previous engine (sweep artifacts) have no neg_pb
+        super().__setstate__(state)
+        if "neg_pb" not in self._buffers:
+            self.register_buffer("neg_pb", -self.pb.detach().clone())
 
     def logits(self, x: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
         """(B, C_out) predictor logits from the compact input (mask = logits > 0)."""
@@ -69,31 +84,125 @@ class SkipConv(nn.Module):
         return torch.addmm(self.pb, torch.softmax(e, dim=1), self.pw)
 
     def forward(self, x: torch.Tensor, live: torch.Tensor | None):
-        logits = self.logits(x, live)
-        batched = x.shape[0] != 1 or torch.jit.is_tracing()
-        if batched:
-            # union over the batch; when nothing is selected, the best channel is computed anyway
-            # (and zeroed by the mask below), so the set is never empty: no data-dependent branch,
-            # which keeps the traced ONNX graph valid for every input.
-            best = logits.amax(dim=0)
-            sel = (best >= torch.clamp(best.max(), max=0.0)).nonzero().view(-1)
-        else:
-            sel = (logits[0] > 0).nonzero().view(-1)
+        if x.shape[0] == 1 and not torch.jit.is_tracing():
+            return self._single(x, live)
+        return self._batched(x, live)
+
+    def _single(self, x: torch.Tensor, live: torch.Tensor | None):
+        """Batch 1, eager: the sample's own selection, fewest ops (this runs 55 times per ResNet-56
+        inference, so every op counts: ~2-3 us of dispatch each against ~20-40 us per conv)."""
+        e = x.amax(dim=(2, 3)) if self.max_pool else x.mean(dim=(2, 3))
+        if live is not None:
+            e = e.new_zeros(1, self.c_in).index_copy_(1, live, e)
+        # mask = (softmax(e) @ pw + pb > 0) == (softmax(e) @ pw > -pb): mm + an in-place
+        # tensor compare is two ops where addmm + select + compare-with-scalar were three.
+        sel = torch.mm(torch.softmax(e, dim=1), self.pw).gt_(self.neg_pb).view(-1).nonzero().view(-1)
         w = self.weight.index_select(0, sel)
         b = self.bias.index_select(0, sel)
         if live is not None:
             w = w.index_select(1, live)
-        if not batched and (sel.shape[0] == 0 or (live is not None and live.shape[0] == 0)):
+        if sel.shape[0] == 0 or x.shape[1] == 0:
             y = _empty_conv(x, w, b, self.stride, self.padding)
         else:
-            y = F.conv2d(x, w, b, self.stride, self.padding)
+            y = _conv_single(x, w, b, self.stride, self.padding)
         if self.relu6:
             y = torch.clamp_(y, 0.0, 6.0)
         elif self.relu:
             y = torch.relu_(y)
-        if batched:  # each sample keeps exactly its own filters
-            y = y * (logits.index_select(1, sel) > 0).to(y.dtype)[:, :, None, None]
         return y, sel
+
+    def _batched(self, x: torch.Tensor, live: torch.Tensor | None):
+        """Batch > 1, and the traced (ONNX) graph: the union of the batch's selections, then each
+        sample multiplied by its own mask."""
+        logits = self.logits(x, live)
+        # union over the batch; when nothing is selected, the best channel is computed anyway
+        # (and zeroed by the mask below), so the set is never empty: no data-dependent branch,
+        # which keeps the traced ONNX graph valid for every input.
+        best = logits.amax(dim=0)
+        sel = (best >= torch.clamp(best.max(), max=0.0)).nonzero().view(-1)
+        w = self.weight.index_select(0, sel)
+        b = self.bias.index_select(0, sel)
+        if live is not None:
+            w = w.index_select(1, live)
+        y = F.conv2d(x, w, b, self.stride, self.padding)
+        if self.relu6:
+            y = torch.clamp_(y, 0.0, 6.0)
+        elif self.relu:
+            y = torch.relu_(y)
+        # each sample keeps exactly its own filters
+        y = y * (logits.index_select(1, sel) > 0).to(y.dtype)[:, :, None, None]
+        return y, sel
+
+
+# Batch-1 conv kernels. At batch 1 PyTorch sends a 3x3 fp32 conv with a small input to THNN's
+# im2col + GEMM (``_slow_conv2d_forward``); measured here (1 thread, min of rounds, us):
+#
+#   shape (C_in->C_out @ HxW)   THNN   NNPACK   mkldnn(NCHW / NHWC fused ReLU)  im2col+mm^T
+#   16->10 @ 32x32              63-75  33       59 / 50
+#   10->10 @ 32x32              39-45  22       44 / 42
+#   19->19 @ 16x16              34     17       54 / 40
+#   38->38 @ 8x8                30     35-37    48 / 43                          31 (mm 20 + im2col 12)
+#   300->300 @ 4x4              333    1383     359 / 521                        320
+#   300->300 @ 2x2              651    -        259 / 462                        134 (mm^T 124 + im2col 10)
+#   512->512 @ 2x2              1910   -        -                                361
+#
+# - THNN's im2col is a fixed cost that does not shrink with the selected filters, so at
+#   32x32 / 16x16 a conv on 60 % of the filters costs ~85 % of the dense one. NNPACK (the kernel
+#   PyTorch itself uses for batches >= 16) has no such floor: we call it for stride-1 3x3 convs
+#   with a spatial size >= 16. Its error is ~1e-5 relative per conv (THNN ~1e-6); end to end the
+#   logits stay within ~5e-6 of masked-dense on the trained nets.
+# - At 2x2 THNN's GEMM has N = H*W = 4 columns, a shape MKL handles badly; the same product
+#   transposed (N = C_out) is ~5x faster, so tiny maps use an explicit im2col (one gather from a
+#   padded copy) and ``addmm(b, cols^T, W^T)``.
+# - mkldnn (``torch.mkldnn_convolution``, ``mkldnn._convolution_pointwise`` with fused ReLU,
+#   channels_last) did not pay in the network: the selected shapes change with every input, so
+#   its primitive cache misses (resnet56 at 60 % kept: 0.75-0.9x the THNN engine's speed).
+# - 8x8 and 4x4 stay on THNN (nothing measured was faster).
+_NNPACK = False
+if hasattr(torch, "_nnpack_available"):
+    try:  # also initialises NNPACK: the first call of the op fails without it
+        _NNPACK = bool(torch._nnpack_available())
+    except RuntimeError:
+        _NNPACK = False
+_NNPACK_MIN_HW = 16
+_SMALL_HW = 4  # output pixels at or below which the transposed im2col GEMM is used
+_COLS_INDEX: dict[tuple[int, int, int, int, int, int], torch.Tensor] = {}
+
+
+def _conv_single(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride, padding) -> torch.Tensor:
+    """One conv at batch 1 on the fastest kernel for its shape (see the table above); every
+    kernel computes exactly the gathered filters on the live channels."""
+    if x.is_cpu:
+        h, wd = x.shape[2], x.shape[3]
+        kh, kw = w.shape[2], w.shape[3]
+        if (_NNPACK and stride[0] == 1 and stride[1] == 1 and kh == 3 and kw == 3
+                and h >= _NNPACK_MIN_HW and wd >= _NNPACK_MIN_HW):
+            return torch._nnpack_spatial_convolution(x, w, b, list(padding), [1, 1])
+        ho = (h + 2 * padding[0] - kh) // stride[0] + 1
+        wo = (wd + 2 * padding[1] - kw) // stride[1] + 1
+        if ho * wo <= _SMALL_HW:
+            return _conv_small(x, w, b, stride, padding, ho, wo)
+    return F.conv2d(x, w, b, stride, padding)
+
+
+def _conv_small(x, w, b, stride, padding, ho, wo):
+    """im2col by one gather from the padded input, then (H*W, C_out) = cols^T @ W^T + b. The
+    result is returned as a (1, C_out, ho, wo) view of the transposed product (no copy)."""
+    c, h, wd = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    key = (h, wd, kh, kw, stride[0] * 1000 + stride[1], padding[0] * 1000 + padding[1])
+    idx = _COLS_INDEX.get(key)
+    if idx is None:
+        wp = wd + 2 * padding[1]
+        oy = torch.arange(ho)[:, None] * stride[0]
+        ox = torch.arange(wo)[None, :] * stride[1]
+        base = (oy * wp + ox).reshape(-1)
+        idx = torch.cat([base + ky * wp + kx for ky in range(kh) for kx in range(kw)])
+        _COLS_INDEX[key] = idx
+    xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])).view(c, -1)
+    cols = xp.index_select(1, idx).view(c * kh * kw, ho * wo)
+    out = torch.addmm(b, cols.t(), w.view(w.shape[0], -1).t())  # (ho*wo, C_out)
+    return out.t().view(1, w.shape[0], ho, wo)
 
 
 def _empty_conv(x, w, b, stride, padding):
@@ -185,10 +294,26 @@ class SkipVGG(nn.Module):
 SKIP_FAMILIES = {"cifar_resnet": SkipResNet, "cifar_vgg": SkipVGG}
 
 
-def build_skip(net: FTWTNet) -> nn.Module | None:
-    """The real-skipping network for ``net``, or None for a family without one."""
+def build_skip(net: FTWTNet, select_all: bool = False) -> nn.Module | None:
+    """The real-skipping network for ``net``, or None for a family without one.
+
+    ``select_all``: the same engine (BN folded, predictors run, weights gathered, the same batch-1
+    kernels) with every filter selected. It computes the dense function; measured beside the
+    skipping network it separates what skipping buys from what the engine's kernels and folding
+    buy over the dense baseline (the ``skip-all`` variant)."""
     cls = SKIP_FAMILIES.get(net.family)
-    return cls(net).eval() if cls is not None else None
+    if cls is None:
+        return None
+    model = cls(net).eval()
+    if select_all:
+        for m in model.modules():
+            if isinstance(m, SkipConv):
+                # logits = softmax(e) @ pw + pb with softmax(e) in the simplex: pb above the
+                # largest |pw| makes every logit positive for every input
+                big = float(m.pw.abs().max()) + 1.0
+                m.pb.data.fill_(big)
+                m.neg_pb.fill_(-big)
+    return model
 
 
 def export_skip_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> Path:
