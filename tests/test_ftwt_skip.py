@@ -29,11 +29,17 @@ def test_single_conv_kernels_match_conv2d(c_in, c_out, hw, stride):
     x = torch.randn(1, c_in, hw, hw).relu()
     w = torch.randn(c_out, c_in, 3, 3) * 0.2
     b = torch.randn(c_out)
-    with torch.inference_mode():
-        got = skip._conv_single(x, w, b, (stride, stride), (1, 1))
-        ref = F.conv2d(x, w, b, stride, 1)
-    assert got.shape == ref.shape
-    assert (got - ref).abs().max() < 1e-4
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):  # NNPACK is chosen at one thread only
+            torch.set_num_threads(n)
+            with torch.inference_mode():
+                got = skip._conv_single(x, w, b, (stride, stride), (1, 1))
+                ref = F.conv2d(x, w, b, stride, 1)
+            assert got.shape == ref.shape
+            assert (got - ref).abs().max() < 1e-4
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _randomise_bn(model):

@@ -19,7 +19,7 @@ mask, so every sample gets exactly its masked-dense result. At batch 1 the union
 own set and the multiply is skipped. With large batches the union tends to the dense set.
 
 Batch 1 in eager (``SkipConv._single``) is the latency path: a trimmed op sequence and a conv
-kernel picked by shape (``_conv_single``: NNPACK for stride-1 3x3 convs on maps >= 16x16, a
+kernel picked by shape (``_conv_single``: NNPACK for stride-1 3x3 convs on maps >= 16x16 at one thread, a
 transposed im2col GEMM for maps of <= 4 output pixels, THNN otherwise; the measurements behind
 that choice are in the comment above it). Batched inputs and tracing take ``SkipConv._batched``
 (plain ``F.conv2d``).
@@ -149,7 +149,9 @@ class SkipConv(nn.Module):
 # - THNN's im2col is a fixed cost that does not shrink with the selected filters, so at
 #   32x32 / 16x16 a conv on 60 % of the filters costs ~85 % of the dense one. NNPACK (the kernel
 #   PyTorch itself uses for batches >= 16) has no such floor: we call it for stride-1 3x3 convs
-#   with a spatial size >= 16. Its error is ~1e-5 relative per conv (THNN ~1e-6); end to end the
+#   with a spatial size >= 16, at ONE intra-op thread only. With 2 threads its own thread pool
+#   and PyTorch's OpenMP pool fight over the cores; measured on a quiet machine (2 threads, us,
+#   THNN / NNPACK): 16->10 @ 32x32 66 / 91, 19->19 @ 16x16 26 / 44, 32->32 @ 16x16 45 / 110. Its error is ~1e-5 relative per conv (THNN ~1e-6); end to end the
 #   logits stay within ~5e-6 of masked-dense on the trained nets.
 # - At 2x2 THNN's GEMM has N = H*W = 4 columns, a shape MKL handles badly; the same product
 #   transposed (N = C_out) is ~5x faster, so tiny maps use an explicit im2col (one gather from a
@@ -176,7 +178,7 @@ def _conv_single(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride, padd
         h, wd = x.shape[2], x.shape[3]
         kh, kw = w.shape[2], w.shape[3]
         if (_NNPACK and stride[0] == 1 and stride[1] == 1 and kh == 3 and kw == 3
-                and h >= _NNPACK_MIN_HW and wd >= _NNPACK_MIN_HW):
+                and h >= _NNPACK_MIN_HW and wd >= _NNPACK_MIN_HW and torch.get_num_threads() == 1):
             return torch._nnpack_spatial_convolution(x, w, b, list(padding), [1, 1])
         ho = (h + 2 * padding[0] - kh) // stride[0] + 1
         wo = (wd + 2 * padding[1] - kw) // stride[1] + 1
