@@ -84,9 +84,9 @@ def main() -> None:
     med = {k: float(np.median(v)) for k, v in results.items()}
     for target in ("torch-eager", "ort-cpu"):
         d = med[f"{target} dense"]
-        for name in ("dense", "skip", "masked"):
+        for name in files:
             m = med[f"{target} {name}"]
-            print(f"{target:<12} {name:<7} p50 {m:8.3f} ms   dense/this {d / m:5.2f}x")
+            print(f"{target:<12} {name:<8} p50 {m:8.3f} ms   dense/this {d / m:5.2f}x")
 
 
 if __name__ == "__main__":

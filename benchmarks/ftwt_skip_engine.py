@@ -1,7 +1,7 @@
 """FTWT real-skipping engine at batch 1 on torch eager: dense vs the previous engine vs the
 current one, across kept fractions, interleaved in ONE process (for a shared, noisy machine).
 
-    python benchmarks/ftwt_skip_engine.py [--out results/digits-ftwt-standard]
+    python benchmarks/ftwt_skip_engine.py [--out results/digits-ftwt]
         [--models resnet56,vgg16_bn] [--keeps 0.4,0.5,0.6,0.7,1.0] [--threads 2]
         [--inputs 32] [--rounds 5] [--old-rev 0d1b176]
 
@@ -100,7 +100,7 @@ def _load(out: Path, model: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(ROOT / "results" / "digits-ftwt-standard"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "digits-ftwt"))
     ap.add_argument("--models", default="resnet56,vgg16_bn")
     ap.add_argument("--keeps", default="0.4,0.5,0.6,0.7,1.0")
     ap.add_argument("--threads", type=int, default=2)
