@@ -218,11 +218,12 @@ def _train(net: FTWTNet, ctx: MethodContext, recipe: TrainRecipe, cooldown: floa
         return mask_loss(net.units)
 
     def calibrate_now(last: bool) -> None:
-        if calib_images is not None:
-            worst = max(calibrate(net, calib_images))
-            if last:
-                ctx.log(f"  ftwt: thresholds calibrated to the ground truth's keep rate "
-                        f"(worst layer off by {worst:.3f} of its filters)")
+        if calib_images is None:
+            return
+        residual = calibrate(net, calib_images, check=last)  # the check pass only once, for the log
+        if residual is not None:
+            ctx.log(f"  ftwt: thresholds calibrated to the ground truth's keep rate "
+                    f"(worst layer off by {max(residual):.3f} of its filters)")
 
     def on_epoch_end(epoch: int, model) -> None:
         # calibrated after every epoch of the mask phase, so the backbone trains on masks with the

@@ -13,6 +13,7 @@ dense input, and the classifier and shortcut convs are in both the numerator and
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -386,7 +387,7 @@ def estimate_curve(net: FTWTNet, x: torch.Tensor, rs: np.ndarray, batch_size: in
 
 
 @torch.no_grad()
-def calibrate(net: FTWTNet, x: torch.Tensor, batch_size: int = 256) -> list[float]:
+def calibrate(net: FTWTNet, x: torch.Tensor, batch_size: int = 256, check: bool = True) -> list[float] | None:
     """Shift each predictor's bias so that its mean kept count on ``x`` equals the ground truth's.
 
     Why (measured, see README "Calibration"): the paper's rule, mask = sigmoid(logit) > 0.5, is the
@@ -401,17 +402,14 @@ def calibrate(net: FTWTNet, x: torch.Tensor, batch_size: int = 256) -> list[floa
     One forward pass over all of ``x`` at once (eval mode, no grad): each unit sets its threshold
     from the whole set's logits before its mask is applied, so every layer is calibrated on inputs
     masked by the already calibrated layers before it. Keep ``x`` small enough for one batch (1,024
-    CIFAR-size images take well under 1 GB). Returns, per layer, |mean kept - mean ground-truth
-    kept| / C_out measured afterwards on ``x`` in batches of ``batch_size`` (0 up to ties).
+    CIFAR-size images take well under 1 GB). With ``check``, returns per layer |mean kept - mean
+    ground-truth kept| / C_out measured afterwards on ``x`` in batches of ``batch_size`` (0 up to
+    ties; one more pass); without, returns None.
     """
-    was, collecting = net.training, [u.collect for u in net.units]
-    net.eval().set(collect=True, gating=True, record=False, calibrating=True)
-    try:
+    with _probing(net, calibrating=True):
         net(x)
-    finally:
-        for u, c in zip(net.units, collecting):
-            u.collect, u.calibrating, u.last = c, False, {}
-        net.train(was)
+    if not check:
+        return None
     kept, gt = keep_rates(net, x, batch_size)
     return list(np.abs(kept - gt))
 
@@ -420,22 +418,30 @@ def calibrate(net: FTWTNet, x: torch.Tensor, batch_size: int = 256) -> list[floa
 def keep_rates(net: FTWTNet, x: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Per layer, the mean fraction of filters the predictors keep on ``x`` and the mean fraction
     the ground truth keeps (on the same, masked, forward pass; eval mode). Flags are restored."""
-    was, collecting = net.training, [u.collect for u in net.units]
-    net.eval().set(collect=True, gating=True, record=False)
     kept = np.zeros(len(net.units))
     gt = np.zeros(len(net.units))
-    try:
+    with _probing(net):
         for i in range(0, len(x), batch_size):
             net(x[i:i + batch_size])
             for j, u in enumerate(net.units):
                 kept[j] += float((u.last["logits"] > 0).sum())
                 gt[j] += float(u.last["gt"].sum())
-    finally:
-        for u, c in zip(net.units, collecting):
-            u.collect, u.last = c, {}
-        net.train(was)
     width = np.array([u.predictor.out_features for u in net.units], float)
     return kept / max(len(x), 1) / width, gt / max(len(x), 1) / width
+
+
+@contextmanager
+def _probing(net: FTWTNet, calibrating: bool = False):
+    """Eval mode with masks applied and ground truth collected; restores the train/eval mode and
+    every unit's ``collect`` flag afterwards, and drops what the pass kept."""
+    was, collecting = net.training, [u.collect for u in net.units]
+    net.eval().set(collect=True, gating=True, record=False, calibrating=calibrating)
+    try:
+        yield
+    finally:
+        for u, c in zip(net.units, collecting):
+            u.collect, u.calibrating, u.last = c, False, {}
+        net.train(was)
 
 
 def _threshold(logits: torch.Tensor, k: int) -> float:

@@ -97,19 +97,12 @@ class SkipConv(nn.Module):
         # mask = (softmax(e) @ pw + pb > 0) == (softmax(e) @ pw > -pb): mm + an in-place
         # tensor compare is two ops where addmm + select + compare-with-scalar were three.
         sel = torch.mm(torch.softmax(e, dim=1), self.pw).gt_(self.neg_pb).view(-1).nonzero().view(-1)
-        w = self.weight.index_select(0, sel)
-        b = self.bias.index_select(0, sel)
-        if live is not None:
-            w = w.index_select(1, live)
+        w, b = self._slices(sel, live)
         if sel.shape[0] == 0 or x.shape[1] == 0:
             y = _empty_conv(x, w, b, self.stride, self.padding)
         else:
             y = _conv_single(x, w, b, self.stride, self.padding)
-        if self.relu6:
-            y = torch.clamp_(y, 0.0, 6.0)
-        elif self.relu:
-            y = torch.relu_(y)
-        return y, sel
+        return self._act(y), sel
 
     def _batched(self, x: torch.Tensor, live: torch.Tensor | None):
         """Batch > 1, and the traced (ONNX) graph: the union of the batch's selections, then each
@@ -120,18 +113,23 @@ class SkipConv(nn.Module):
         # which keeps the traced ONNX graph valid for every input.
         best = logits.amax(dim=0)
         sel = (best >= torch.clamp(best.max(), max=0.0)).nonzero().view(-1)
-        w = self.weight.index_select(0, sel)
-        b = self.bias.index_select(0, sel)
-        if live is not None:
-            w = w.index_select(1, live)
-        y = F.conv2d(x, w, b, self.stride, self.padding)
-        if self.relu6:
-            y = torch.clamp_(y, 0.0, 6.0)
-        elif self.relu:
-            y = torch.relu_(y)
+        w, b = self._slices(sel, live)
+        y = self._act(F.conv2d(x, w, b, self.stride, self.padding))
         # each sample keeps exactly its own filters
         y = y * (logits.index_select(1, sel) > 0).to(y.dtype)[:, :, None, None]
         return y, sel
+
+    def _slices(self, sel: torch.Tensor, live: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of the selected filters, restricted to the live input channels."""
+        w = self.weight.index_select(0, sel)
+        if live is not None:
+            w = w.index_select(1, live)
+        return w, self.bias.index_select(0, sel)
+
+    def _act(self, y: torch.Tensor) -> torch.Tensor:
+        if self.relu6:
+            return torch.clamp_(y, 0.0, 6.0)
+        return torch.relu_(y) if self.relu else y
 
 
 # Batch-1 conv kernels. At batch 1 PyTorch sends a 3x3 fp32 conv with a small input to THNN's
