@@ -36,6 +36,7 @@ class CellSpec:
     eval_y_path: str | None = None
     ref_logits_path: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    graph_facts: bool = False  # also report what the backend's optimised graph holds
     target_entry: str | None = None  # "module:Class": the child imports it even if registered at run time
 
     def save(self, path: Path) -> None:
@@ -98,7 +99,7 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
                         torch_path=Path(a["torch_path"]) if a.get("torch_path") else None)
     t0 = time.perf_counter()
     session = target.compile(artifact, batch=spec.batch, scenario=spec.scenario,
-                             threads=spec.threads, options=spec.options)
+                             threads=spec.threads, options=target.parse_options(spec.options))
     compile_s = time.perf_counter() - t0
     queries = _queries(np.load(spec.pool_path), spec.batch)
     t0 = time.perf_counter()
@@ -107,8 +108,7 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     first_run_ms = (time.perf_counter() - t0) * 1e3
     row: dict[str, Any] = {"compile_s": compile_s, "first_run_ms": first_run_ms}
     row.update(_accuracy(session, spec))
-    samples = measure(session.run, queries, TimingRules(**spec.rules), sync=session.sync,
-                      device_timer=session.device_timer())
+    samples = measure(session.timer(), queries, TimingRules(**spec.rules))
     stats = summarize(samples.latencies_s, batch=spec.batch, wall_s=samples.wall_s,
                       note="stopped by the cap before the minimums" if samples.capped else "")
     row.update(stats.as_row())
@@ -116,6 +116,9 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     if spec.batch == 1:
         row.update(per_input_spread(samples))
     row["pool_inputs"] = len(queries)
+    row.update(session.machine())  # the machine that ran the queries: a board names itself
+    if spec.graph_facts:
+        row["graph_facts"] = session.graph_facts()
     row["session"] = session.info
     row["runtime_versions"] = target.versions()
     session.close()

@@ -128,6 +128,25 @@ def onnx_summary(path: Path) -> dict[str, Any]:
             "conv_shapes": [_weight_shape(n.input[1], inits, producers) for n in convs]}
 
 
+def onnx_facts(path: Path) -> dict[str, Any]:
+    """``Session.graph_facts()`` of an ONNX graph: {"ops": {op_type: count}, "conv_weights":
+    [[O, I, kh, kw] or None, ...]} (fused ops such as ORT's ``com.microsoft.nchwc`` Conv or
+    QLinearConv are counted under their own names, with the domain when it is not ai.onnx)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
+    ops: dict[str, int] = {}
+    weights = []
+    for n in graph.node:
+        name = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+        ops[name] = ops.get(name, 0) + 1
+        if n.op_type in ("Conv", "QLinearConv", "FusedConv"):
+            weights.append(_weight_shape(n.input[3 if n.op_type == "QLinearConv" else 1], inits, producers))
+    return {"ops": ops, "conv_weights": weights}
+
+
 def _default_opset(model: Any) -> int:
     """The version of the default (ai.onnx) domain."""
     for imp in model.opset_import:

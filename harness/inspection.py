@@ -77,6 +77,10 @@ def listing(what: str | None = None) -> str:
             a = t.availability()
             state = "available" if a.ok else f"unavailable: {a.reason}"
             lines.append(f"  {key:<14} device={t.device:<5} {state}  ({t.summary})")
+            caps = ", ".join(sorted(t.capabilities)) or "none"
+            lines.append(f"      capabilities: {caps}")
+            for knob in t.options:
+                lines.append(f"      option {knob.describe()}: {knob.help}")
         parts.append("\n".join(lines))
     if what in (None, "models"):
         lines = ["models:"]

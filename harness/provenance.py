@@ -74,3 +74,15 @@ def machine() -> str:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@lru_cache(maxsize=None)
+def node_name() -> str:
+    """This machine's host name (what a row's ``node`` column says)."""
+    return platform.node() or "unknown"
+
+
+def host_machine() -> dict:
+    """Facts of the machine this process runs on, as ``Session.machine()`` reports them."""
+    return {"node": node_name(), "cpu": cpu_model(), "cpu_count": cpu_count(), "arch": platform.machine(),
+            "gpu": gpu_name(), "board": "", "emulated": False}

@@ -130,7 +130,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
     for key, options in config.target_options.items():
         if key not in by_key:
             raise UserError(f"target options given for {key!r}, which is not in the sweep")
-        by_key[key].check_options(options)
+        by_key[key].parse_options(options)
     data = _load_all_data(config)
     _check_checkpoint(config, data)
     _check_out_dir(config.out)
@@ -352,12 +352,16 @@ class Sweep:
             row["artifact"] = str((art.onnx_path if target.needs == "onnx" else art.torch_path)
                                   .relative_to(self.out))
             row["artifact_sha256"] = hashes[target.needs]
-            reason = method.skip_reason(target.key, dep)
+            reason = skip_reason(target, dep)
             if reason:
                 self._put(key, {**row, "status": "skipped", "error": reason})
                 continue
-            result = run_isolated(self._spec(target, art, run, scenario, ref_path), self.work / "cells" / key,
-                                  self.cfg.timeout_s)
+            spec = self._spec(target, art, run, scenario, ref_path)
+            spec.graph_facts = dep.check_facts is not None
+            result = run_isolated(spec, self.work / "cells" / key, self.cfg.timeout_s)
+            facts = result.pop("graph_facts", None)
+            if facts is not None and result.get("status") == "ok":
+                result.update(dep.check_facts(target.key, facts))
             session = result.pop("session", {})
             versions = result.pop("runtime_versions", {})
             result.pop("traceback", None)
@@ -389,6 +393,17 @@ class Sweep:
                 raise RuntimeError(f"latency probe on {target_key} failed: {result.get('error')}")
             return float(result["p50_ms"])
         return probe
+
+
+def skip_reason(target: Target, dep: Deployable) -> str | None:
+    """Why ``dep`` cannot run on ``target`` (a capability it requires and the target lacks)."""
+    from targets.base import CAPABILITIES
+
+    missing = target.lacks(dep.requires)
+    if not missing:
+        return None
+    needs = "; ".join(f"{c} ({CAPABILITIES.get(c, c)})" for c in missing)
+    return f"needs {needs}, which {target.key} does not have" + (f": {dep.requires_why}" if dep.requires_why else "")
 
 
 def _entry_string(key: str) -> str | None:

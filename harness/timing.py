@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -124,31 +124,65 @@ def _run_until(fn: Callable[[int], float], min_s: float, min_n: int, max_s: floa
     return Samples(lat, idx, clock() - start, capped)
 
 
-def measure(run: Callable[[Any], Any], pool: Sequence[Any], rules: TimingRules, *,
-            sync: Callable[[], None] | None = None, device_timer: Any | None = None,
-            clock: Callable[[], float] = time.perf_counter) -> Samples:
-    """Warm up, then time ``run`` on pool entries rotated in order until the stop rule holds.
+class Timer(Protocol):
+    """Times ONE query: runs it on input ``x`` and returns its latency in seconds.
 
+    The engine owns warm-up, the stop rule and the statistics and calls a session's timer once
+    per query; the timer owns only what one query's latency means on its device (the host clock
+    after a synchronize, CUDA events, a remote board's own clock)."""
+
+    def __call__(self, x: Any) -> float: ...
+
+
+class HostTimer:
+    """The host clock around one ``run(x)`` and ``sync()`` (CPU targets; ``sync`` makes an
+    asynchronous device finish before the clock is read)."""
+
+    def __init__(self, run: Callable[[Any], Any], sync: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.run, self.sync, self.clock = run, sync or (lambda: None), clock
+
+    def __call__(self, x: Any) -> float:
+        t0 = self.clock()
+        self.run(x)
+        self.sync()
+        return self.clock() - t0
+
+
+class CudaEventTimer:
+    """Device time of one ``run(x)`` from CUDA events recorded around it on ``stream`` (the
+    current stream when None); waits for the end event, not the whole device."""
+
+    def __init__(self, run: Callable[[Any], Any], stream: Any | None = None):
+        import torch  # only GPU sessions build this timer
+
+        self.run, self._stream = run, stream
+        self._begin = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, x: Any) -> float:
+        self._begin.record(self._stream)
+        self.run(x)
+        self._end.record(self._stream)
+        self._end.synchronize()
+        return self._begin.elapsed_time(self._end) / 1000.0
+
+
+def measure(timer: Callable[[Any], float], pool: Sequence[Any], rules: TimingRules, *,
+            clock: Callable[[], float] = time.perf_counter) -> Samples:
+    """Warm up, then time queries on pool entries rotated in order until the stop rule holds.
+
+    ``timer(x)`` runs one query and returns its latency (a ``Timer``; a session's ``timer()``).
     Each query is timed alone (SingleStream semantics: the next query starts only when the
-    previous one finished). ``sync`` runs before the clock is read, so asynchronous devices are
-    timed to completion; with a ``device_timer`` (CUDA events) the device time is recorded instead.
+    previous one finished); ``clock`` only decides when the minimums and the cap are reached.
     No sleeps between iterations: idle clocks ramp down (ORT #17711).
     """
     if not pool:
         raise ValueError("empty input pool")
-    done = sync or (lambda: None)
     k = len(pool)
 
     def one(i: int) -> float:
-        x = pool[i % k]
-        if device_timer is not None:
-            device_timer.start()
-            run(x)
-            return device_timer.stop()
-        t0 = clock()
-        run(x)
-        done()
-        return clock() - t0
+        return timer(pool[i % k])
 
     _run_until(one, rules.warmup_min_s, rules.warmup_min_n, max(rules.max_s, rules.warmup_min_s),
                rules.max_n, clock)

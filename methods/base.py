@@ -16,50 +16,9 @@ from typing import Any, Callable, Mapping, Sequence
 from torch import nn
 
 from harness.errors import UserError
+from harness.knobs import Knob
 
 PRODUCES = ("dense", "smaller", "masked", "dynamic")
-
-
-@dataclass(frozen=True)
-class Knob:
-    """One compression knob: its type, its valid range or choices, and its default sweep.
-
-    An empty ``default_sweep`` marks an alternative form of a budget (e.g. ``macs=0.5`` instead of
-    ``r=0.9``): it is part of a sweep only when the user gives values for it.
-    """
-
-    name: str
-    kind: type  # float, int or str
-    default_sweep: tuple[Any, ...]
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[str, ...] | None = None
-    help: str = ""
-
-    def parse(self, text: str) -> Any:
-        """The value of ``text`` for this knob; UserError when malformed or out of range."""
-        try:
-            value = self.kind(text)
-        except ValueError:
-            raise UserError(f"knob {self.name}: {text!r} is not a {self.kind.__name__}") from None
-        self.check(value)
-        return value
-
-    def check(self, value: Any) -> None:
-        if self.choices is not None and value not in self.choices:
-            raise UserError(f"knob {self.name}: {value!r} not one of {', '.join(map(str, self.choices))}")
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
-            raise UserError(f"knob {self.name}={value} out of range [{self.low}, {self.high}]")
-
-    def describe(self) -> str:
-        if self.choices:
-            rng = "|".join(self.choices)
-        elif self.low is None and self.high is None:
-            rng = self.kind.__name__
-        else:
-            rng = f"[{self.low}, {self.high}]"
-        sweep = f"default sweep {','.join(map(str, self.default_sweep))}" if self.default_sweep else "only when given"
-        return f"{self.name}={rng} ({sweep})"
 
 
 @dataclass
@@ -72,6 +31,12 @@ class Deployable:
         report their mean over the test set); None means count the module.
     size_bytes: storage size when it is not fp32 parameters (e.g. packed low-bit weights).
     check_graph: graph-survival check run on the exported ONNX file; returns extra columns.
+    requires: target capabilities this network needs (``targets.base.CAPABILITIES``, e.g.
+        ``runtime_weight_shapes``); on a target without one the row is ``skipped`` with the reason,
+        written before export.
+    requires_why: why it needs them (said in the skipped row).
+    check_facts: ``(target_key, graph_facts) -> columns``: graph-survival facts read from what the
+        backend's optimised graph holds (``Session.graph_facts()``, collected in the cell).
     extra: method-specific columns for the row.
     """
 
@@ -81,6 +46,9 @@ class Deployable:
     macs: float | None = None
     size_bytes: int | None = None
     check_graph: Callable[[Path], dict[str, Any]] | None = None
+    requires: frozenset[str] = frozenset()
+    requires_why: str = ""
+    check_facts: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,10 +108,6 @@ class Method(ABC):
         for combo in combos:
             self.validate(combo)
         return combos or [{}]
-
-    def skip_reason(self, target_key: str, deployable: Deployable) -> str | None:
-        """Why this deployable cannot run on ``target_key`` (a ``skipped`` row), or None."""
-        return None
 
     @abstractmethod
     def apply(self, ctx: "MethodContext", knobs: Mapping[str, Any]) -> Compressed:

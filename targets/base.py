@@ -1,7 +1,11 @@
-"""The target interface: availability, versions, compile, run one inference, synchronize.
+"""The target interface (contract v2): availability, versions, typed options, capabilities,
+compile, and a Session that runs one inference, names its machine, gives a timer for one query
+and reports what its optimised graph holds.
 
 A target never times itself (measurement.md: the harness owns warm-up, stop rule, sync and
-statistics, as MLPerf LoadGen does). Nothing in this module imports a runtime.
+statistics, as MLPerf LoadGen does); it hands the engine a ``Timer`` that times ONE query, which
+is the host clock for CPU targets, CUDA events on a GPU, and the board's own clock on a remote
+board. Nothing in this module imports a runtime.
 """
 from __future__ import annotations
 
@@ -14,9 +18,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from harness.errors import UserError
+from harness.knobs import Knob, parse_settings
+from harness.timing import HostTimer, Timer
 
 SCENARIOS = ("SingleStream", "Offline")
+
+# What a deployable may require of a target. A deployable that requires a capability its target
+# lacks is a ``skipped`` row whose reason names it, written before anything is exported.
+CAPABILITIES = {
+    "runtime_weight_shapes": "convolutions whose weights (and so channel counts) are computed at run time",
+    "int8_qdq": "ONNX QuantizeLinear/DequantizeLinear graphs run with int8 kernels",
+}
 
 
 @dataclass(frozen=True)
@@ -55,9 +67,22 @@ class Session(ABC):
     def sync(self) -> None:
         """Block until the work queued by ``run`` is done (GPU targets); CPU runs are synchronous."""
 
-    def device_timer(self) -> Any | None:
-        """Optional device-side timer (CUDA events); None means the host clock after ``sync``."""
-        return None
+    def timer(self) -> Timer:
+        """What times one query: by default the host clock around ``run`` + ``sync``. GPU
+        sessions return CUDA events, remote boards the board's own clock."""
+        return HostTimer(self.run, self.sync)
+
+    def machine(self) -> dict[str, Any]:
+        """Facts of the machine that runs the queries (node, cpu, cpu_count, arch, gpu, board,
+        emulated): the host by default; a remote board names itself."""
+        from harness.provenance import host_machine
+
+        return host_machine()
+
+    def graph_facts(self) -> dict[str, Any]:
+        """What the backend's optimised graph really holds: {"ops": {op: count}, "conv_weights":
+        [[O, I, kh, kw], ...], ...}; {} when the backend cannot tell."""
+        return {}
 
     def close(self) -> None:
         """Release runtime resources."""
@@ -72,10 +97,16 @@ class Target(ABC):
     needs: str = "onnx"  # which Artifact file it compiles: "onnx" or "torch"
     modules: tuple[str, ...] = ()  # import names probed with find_spec, never imported here
     packages: tuple[str, ...] = ()  # distribution names whose versions go into provenance
-    option_names: tuple[str, ...] = ()  # build options ``compile`` accepts (``--target-option``)
+    options: tuple[Knob, ...] = ()  # typed build options (``--target-option KEY.NAME=VALUE``)
+    capabilities: frozenset[str] = frozenset()  # keys of CAPABILITIES this target has
+    # Cluster resources a measure job of this target needs beyond a whole node (Ray custom
+    # resources, e.g. {"GPU": 1} or {"tvm-board:rk3588": 1}): the job runs where they are.
+    resources: Mapping[str, float] = {}
+    install_hint: str = ""  # how to make an unavailable target available (an extra, a package)
 
-    def availability(self) -> Availability:
-        """Whether this target can run here, with the reason when not. Must not import a runtime."""
+    def availability(self, options: Mapping[str, Any] | None = None) -> Availability:
+        """Whether this target can run here (with its parsed ``options``), with the reason when
+        not. Must not import a runtime; checked once, before the first cell."""
         for mod in self.modules:
             if importlib.util.find_spec(mod) is None:
                 return Availability(False, f"python module '{mod}' is not installed")
@@ -91,16 +122,18 @@ class Target(ABC):
                 out[pkg] = "not installed"
         return out
 
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        """Validate build options before any cell runs; UserError names the first bad one.
-        Subclasses extend this to check values (without importing their runtime)."""
-        for name in options:
-            if name not in self.option_names:
-                known = ", ".join(self.option_names) or "none"
-                raise UserError(f"{self.key}: unknown option {name!r} (options: {known})")
+    def parse_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """Typed build options with defaults filled in; UserError names the first bad one.
+        Runs once before the first cell; ``compile`` receives the result."""
+        return parse_settings(self.key, self.options, raw)
+
+    def lacks(self, required: frozenset[str] | set[str]) -> list[str]:
+        """The capabilities in ``required`` that this target does not have."""
+        return sorted(set(required) - set(self.capabilities))
 
     @abstractmethod
     def compile(self, artifact: Artifact, *, batch: int, scenario: str, threads: int,
                 options: Mapping[str, Any] | None = None) -> Session:
-        """Build a Session for ``batch``-sized inputs. Record build flags in ``Session.info``
-        (precision, hints, providers, what the timing scope includes); may import the runtime."""
+        """Build a Session for ``batch``-sized inputs from parsed ``options``. Record build flags
+        in ``Session.info`` (precision, hints, providers, what the timing scope includes); may
+        import the runtime."""

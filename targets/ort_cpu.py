@@ -7,11 +7,13 @@ that effect can be measured, and it is always recorded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from harness.errors import UserError
+from harness.knobs import Knob
 from targets.base import Artifact, Session, Target
 
 _LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
@@ -23,10 +25,28 @@ class OrtSession(Session):
     session: Any = None
     input_name: str = "input"
     output_name: str = "logits"
+    onnx_path: Any = None
+    level: str = "ORT_ENABLE_ALL"
+    threads: int = 1
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The first output for ``x``; ORT allocates a new array per call, so results never alias."""
         return self.session.run([self.output_name], {self.input_name: x})[0]
+
+    def graph_facts(self) -> dict[str, Any]:
+        """Node counts of ORT's own optimised graph at this session's level (written by a second
+        session with ``optimized_model_filepath``), and the constant conv weights' shapes."""
+        import tempfile
+
+        import onnxruntime as ort
+        from harness.export import onnx_facts
+
+        with tempfile.TemporaryDirectory() as tmp:
+            so = _session_options(ort, self.level, self.threads)
+            so.log_severity_level = 3  # "the optimised model is hardware specific": expected
+            so.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
+            ort.InferenceSession(str(self.onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+            return onnx_facts(Path(so.optimized_model_filepath))
 
     def close(self) -> None:
         self.session = None
@@ -37,37 +57,31 @@ class OrtCpu(Target):
     summary = "ONNX Runtime, CPUExecutionProvider, sequential, explicit intra-op threads"
     modules = ("onnxruntime",)
     packages = ("onnxruntime",)
-    option_names = ("graph_optimization",)
-
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        super().check_options(options)
-        _level_name(options.get("graph_optimization", "all"))
+    options = (Knob("graph_optimization", str, choices=tuple(_LEVELS), default="all",
+                    help="ORT graph optimisation level (all = ORT_ENABLE_ALL, with the NCHWc layout)"),)
+    capabilities = frozenset({"runtime_weight_shapes", "int8_qdq"})
+    install_hint = "onnxruntime is a core dependency: reinstall with pip install -e ."
 
     def compile(self, artifact: Artifact, *, batch: int, scenario: str, threads: int,
                 options: Mapping[str, Any] | None = None) -> OrtSession:
         """An InferenceSession on the ONNX artifact; info records the options that shape speed."""
         import onnxruntime as ort
 
-        opts = dict(options or {})
-        level = _level_name(opts.get("graph_optimization", "all"))
+        opts = self.parse_options(options or {})
+        level = _LEVELS[opts["graph_optimization"]]
         if artifact.onnx_path is None:
             raise UserError(f"ort-cpu needs an ONNX file; artifact {artifact.name!r} has none")
         so = _session_options(ort, level, threads)
         sess = ort.InferenceSession(str(artifact.onnx_path), sess_options=so,
                                     providers=["CPUExecutionProvider"])
         session = OrtSession(batch=batch, session=sess, input_name=sess.get_inputs()[0].name,
-                             output_name=sess.get_outputs()[0].name)
+                             output_name=sess.get_outputs()[0].name, onnx_path=artifact.onnx_path,
+                             level=level, threads=threads)
         session.info.update({"precision": "fp32", "threads": threads, "inter_op_threads": 1,
                              "execution_mode": "ORT_SEQUENTIAL", "graph_optimization": level,
                              "providers": sess.get_providers(), "scenario": scenario,
                              "timing_scope": "host numpy in -> numpy out"})
         return session
-
-
-def _level_name(choice: str) -> str:
-    if choice not in _LEVELS:
-        raise UserError(f"ort-cpu: graph_optimization must be one of {sorted(_LEVELS)}, got {choice!r}")
-    return _LEVELS[choice]
 
 
 def _session_options(ort: Any, level: str, threads: int) -> Any:

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from harness.errors import UserError
+from harness.knobs import Knob
 from targets.base import Artifact, Session, Target
 
 # Accepted spellings -> OpenVINO element type name.
@@ -32,6 +33,19 @@ class OvSession(Session):
         result = self.request.infer({0: x}, share_inputs=True, share_outputs=True)
         return np.array(result[0], copy=True)
 
+    def graph_facts(self) -> dict[str, Any]:
+        """Op counts of the CPU plugin's runtime model (what really runs, after fusion), and how
+        many of its convolutions run in int8."""
+        ops: dict[str, int] = {}
+        int8_convs = 0
+        for op in self.compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
+            prec = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else ""
+            ops[kind] = ops.get(kind, 0) + 1
+            int8_convs += "Convolution" in kind and prec.lower() in ("i8", "u8")
+        return {"ops": ops, "int8_convs": int8_convs}
+
     def close(self) -> None:
         self.request = None
         self.compiled = None
@@ -42,39 +56,39 @@ class OvCpu(Target):
     summary = "OpenVINO CPU plugin, static batch, explicit precision/threads/streams"
     modules = ("openvino",)
     packages = ("openvino",)
-    option_names = ("precision", "streams")
+    options = (
+        Knob("precision", str, choices=tuple(_PRECISIONS), default="fp32",
+             help="inference precision (OpenVINO defaults to bf16 on AMX/AVX512-BF16 CPUs; forced here)"),
+        Knob("streams", str, default="1", help="'auto' or a positive integer number of CPU streams"),
+    )
+    capabilities = frozenset({"int8_qdq"})  # no run-time weight shapes: "Doesn't support dynamic weights shape"
+    install_hint = "install the ov extra: pip install -e '.[ov]'"
 
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        super().check_options(options)
-        _precision(options.get("precision", "fp32"))
-        streams = str(options.get("streams", 1))
+    def parse_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        opts = super().parse_options(raw)
+        streams = opts["streams"]
         if streams != "auto" and not (streams.isdigit() and int(streams) >= 1):
             raise UserError(f"ov-cpu: streams must be 'auto' or a positive integer, got {streams!r}")
+        return opts
 
     def compile(self, artifact: Artifact, *, batch: int, scenario: str, threads: int,
                 options: Mapping[str, Any] | None = None) -> OvSession:
         """Compile the ONNX graph for ``batch`` on CPU; info holds the compiled model's properties."""
         import openvino as ov
 
-        opts = dict(options or {})
+        opts = self.parse_options(options or {})
         if artifact.onnx_path is None:
             raise UserError(f"ov-cpu needs an ONNX file; artifact {artifact.name!r} has none")
-        ov_type = _precision(opts.get("precision", "fp32"))
+        ov_type = _PRECISIONS[opts["precision"]]
         core = ov.Core()
         model = core.read_model(str(artifact.onnx_path))
         # A static shape lets the CPU plugin pick blocked layouts and kernels for this batch.
         model.reshape({model.inputs[0].get_any_name(): [batch, *artifact.input_shape]})
-        config = _config(ov, scenario, threads, ov_type, opts.get("streams", 1))
+        config = _config(ov, scenario, threads, ov_type, opts["streams"])
         compiled = core.compile_model(model, "CPU", config)
         session = OvSession(batch=batch, compiled=compiled, request=compiled.create_infer_request())
-        session.info.update(_read_back(compiled, opts.get("precision", "fp32"), threads, scenario))
+        session.info.update(_read_back(compiled, opts["precision"], threads, scenario))
         return session
-
-
-def _precision(choice: str) -> str:
-    if choice not in _PRECISIONS:
-        raise UserError(f"ov-cpu: precision must be one of {sorted(_PRECISIONS)}, got {choice!r}")
-    return _PRECISIONS[choice]
 
 
 def _config(ov: Any, scenario: str, threads: int, ov_type: str, streams: Any) -> dict[Any, Any]:

@@ -2,7 +2,7 @@
 
 Runs the harness's own pickled module on CPU, or on CUDA when one is present. On CUDA, ``run``
 includes the host-to-device copy of the input and the device-to-host copy of the logits, so the
-harness's host clock measures what an application sees; ``device_timer`` gives device time alone.
+harness's host clock measures what an application sees; the CUDA-event ``timer`` gives device time.
 """
 from __future__ import annotations
 
@@ -13,27 +13,11 @@ import numpy as np
 import torch
 
 from harness.errors import UserError
+from harness.knobs import Knob
+from harness.timing import CudaEventTimer, HostTimer, Timer
 from targets.base import Artifact, Availability, Session, Target
 
 _PRECISIONS = ("fp32", "tf32")
-
-
-class CudaEventTimer:
-    """Device time of the work queued between ``start()`` and ``stop()``, from CUDA events."""
-
-    def __init__(self, stream: Any | None = None):
-        self._stream = stream
-        self._begin = torch.cuda.Event(enable_timing=True)
-        self._end = torch.cuda.Event(enable_timing=True)
-
-    def start(self) -> None:
-        self._begin.record(self._stream)
-
-    def stop(self) -> float:
-        """Seconds of device time; waits for the end event (not the whole device)."""
-        self._end.record(self._stream)
-        self._end.synchronize()
-        return self._begin.elapsed_time(self._end) / 1000.0
 
 
 @dataclass
@@ -56,8 +40,10 @@ class TorchEagerSession(Session):
         if self.device == "cuda":
             torch.cuda.synchronize()
 
-    def device_timer(self) -> CudaEventTimer | None:
-        return CudaEventTimer() if self.device == "cuda" else None
+    def timer(self) -> Timer:
+        """CUDA events around one query on a GPU (device time of H2D + compute + D2H), else the
+        host clock."""
+        return CudaEventTimer(self.run) if self.device == "cuda" else HostTimer(self.run, self.sync)
 
     def close(self) -> None:
         _set_fp32_precision(self.restore)
@@ -70,26 +56,31 @@ class TorchEager(Target):
     needs = "torch"
     packages = ("torch",)
 
-    option_names = ("device", "precision")
+    # eager PyTorch runs any shapes, including weights gathered per input (FTWT's skipping)
+    capabilities = frozenset({"runtime_weight_shapes"})
+    options = (
+        Knob("device", str, choices=("auto", "cpu", "cuda"), default="auto",
+             help="auto: CUDA when present, else CPU"),
+        Knob("precision", str, choices=_PRECISIONS, default="fp32",
+             help="fp32 (IEEE, TF32 off) or tf32 (CUDA only)"),
+    )
 
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        super().check_options(options)
-        device = _pick_device(options.get("device", "auto"))
-        if options.get("precision", "fp32") not in (_PRECISIONS if device == "cuda" else ("fp32",)):
-            raise UserError(f"torch-eager: precision {options['precision']!r} is not supported on {device}")
+    def parse_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        opts = super().parse_options(raw)
+        device = _pick_device(opts["device"])
+        if opts["precision"] != "fp32" and device != "cuda":
+            raise UserError(f"torch-eager: precision {opts['precision']!r} is not supported on {device}")
+        return opts
 
-    def availability(self) -> Availability:
+    def availability(self, options: Mapping[str, Any] | None = None) -> Availability:
         """Always available: torch is a core dependency."""
         return Availability(True)
 
     def compile(self, artifact: Artifact, *, batch: int, scenario: str, threads: int,
                 options: Mapping[str, Any] | None = None) -> TorchEagerSession:
         """Load the pickled module, move it to the chosen device, and record how it will run."""
-        opts = dict(options or {})
-        device = _pick_device(opts.get("device", "auto"))
-        precision = opts.get("precision", "fp32")
-        if precision not in (_PRECISIONS if device == "cuda" else ("fp32",)):
-            raise UserError(f"torch-eager: precision {precision!r} is not supported on {device}")
+        opts = self.parse_options(options or {})
+        device, precision = _pick_device(opts["device"]), opts["precision"]
         if artifact.torch_path is None:
             raise UserError(f"torch-eager needs a pickled torch module; artifact {artifact.name!r} has none")
         torch.set_num_threads(threads)  # global: also governs the CPU side of a CUDA run
@@ -105,8 +96,6 @@ class TorchEager(Target):
 
 
 def _pick_device(choice: str) -> str:
-    if choice not in ("auto", "cpu", "cuda"):
-        raise UserError(f"torch-eager: device must be auto, cpu or cuda, got {choice!r}")
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
@@ -143,8 +132,8 @@ def _info(device: str, precision: str, threads: int, scenario: str) -> dict[str,
                      "cudnn_conv_fp32_precision": torch.backends.cudnn.conv.fp32_precision,
                      "matmul_fp32_precision": torch.backends.cuda.matmul.fp32_precision,
                      "cudnn_benchmark": torch.backends.cudnn.benchmark,
-                     "timing_scope": "numpy in -> H2D copy -> compute -> D2H copy -> numpy out; "
-                                     "device_timer: CUDA events around that sequence"})
+                     "timing_scope": "numpy in -> H2D copy -> compute -> D2H copy -> numpy out, "
+                                     "timed by CUDA events around that sequence"})
     else:
         info["timing_scope"] = "host numpy in -> numpy out"
     return info

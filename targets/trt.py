@@ -8,7 +8,7 @@ wherever TensorRT or a CUDA device is missing. Device buffers and the stream are
 objects, so no pycuda / cuda-python dependency is needed.
 
 Timing scope of ``run``: host numpy in -> H2D copy -> enqueueV3 -> D2H copy -> numpy out, all on one
-non-default stream; ``device_timer`` measures the device time of that sequence with CUDA events.
+non-default stream; its ``timer`` measures the device time of that sequence with CUDA events.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from harness.errors import UserError
+from harness.knobs import Knob
+from harness.timing import CudaEventTimer, Timer
 from targets.base import Artifact, Availability, Session, Target
 
 NO_TRT = ("tensorrt is not installed (its wheels pull libraries from NVIDIA's index, "
@@ -52,10 +54,8 @@ class TrtSession(Session):
         # Only our stream carries work; waiting on it (not the device) avoids unrelated waits.
         self.stream.synchronize()
 
-    def device_timer(self) -> Any:
-        from targets.torch_eager import CudaEventTimer
-
-        return CudaEventTimer(self.stream)
+    def timer(self) -> Timer:
+        return CudaEventTimer(self.run, self.stream)
 
     def close(self) -> None:
         self.context = self.engine = self.inp = self.out = None
@@ -68,16 +68,17 @@ class TensorRT(Target):
     modules = ("tensorrt",)
     packages = ("tensorrt",)
 
-    option_names = ("precision", "workspace_mib")
+    options = (
+        Knob("precision", str, choices=_PRECISIONS, default="fp32",
+             help="fp32 clears TF32 (IEEE fp32 like other targets); tf32; fp16"),
+        Knob("workspace_mib", int, low=1, high=1 << 20, default=_DEFAULT_WORKSPACE_MIB,
+             help="builder workspace memory pool limit"),
+    )
+    capabilities = frozenset({"int8_qdq"})
+    resources = {"GPU": 1}
+    install_hint = "install TensorRT 10 (pip install -e '.[trt]', needs NVIDIA's package index) on a CUDA machine"
 
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        super().check_options(options)
-        if options.get("precision", "fp32") not in _PRECISIONS:
-            raise UserError(f"trt: precision must be one of {_PRECISIONS}, got {options['precision']!r}")
-        if not str(options.get("workspace_mib", _DEFAULT_WORKSPACE_MIB)).isdigit():
-            raise UserError("trt: workspace_mib must be a positive integer")
-
-    def availability(self) -> Availability:
+    def availability(self, options: Mapping[str, Any] | None = None) -> Availability:
         """Needs the tensorrt module (probed, not imported) and a CUDA device."""
         if importlib.util.find_spec("tensorrt") is None:
             return Availability(False, NO_TRT)
@@ -93,14 +94,12 @@ class TensorRT(Target):
         import tensorrt as trt
         import torch
 
-        opts = dict(options or {})
-        precision = opts.get("precision", "fp32")
-        if precision not in _PRECISIONS:
-            raise UserError(f"trt: precision must be one of {_PRECISIONS}, got {precision!r}")
+        opts = self.parse_options(options or {})
+        precision = opts["precision"]
         if artifact.onnx_path is None:
             raise UserError(f"trt needs an ONNX file; artifact {artifact.name!r} has none")
         shape = (batch, *artifact.input_shape)
-        workspace = int(opts.get("workspace_mib", _DEFAULT_WORKSPACE_MIB))
+        workspace = opts["workspace_mib"]
         logger = trt.Logger(trt.Logger.WARNING)
         plan, build_info = _build(trt, logger, Path(artifact.onnx_path), shape, precision, workspace)
         session = _bind(trt, torch, trt.Runtime(logger), plan, shape, batch)
@@ -190,4 +189,4 @@ def _info(trt: Any, torch: Any, precision: str, threads: int, scenario: str, wor
             "workspace_mib": workspace_mib, "input_shape": list(shape), "scenario": scenario,
             "stream": "non-default torch CUDA stream",
             "timing_scope": "numpy in -> H2D copy -> execute_async_v3 -> D2H copy -> numpy out; "
-                            "device_timer: CUDA events on the engine's stream around that sequence"}
+                            "timed by CUDA events on the engine's stream around that sequence"}

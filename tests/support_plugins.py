@@ -47,14 +47,12 @@ class FailingMethod(Method):
 
 class PickyMethod(Method):
     name = "test-picky"
-    summary = "runs only on torch-eager"
+    summary = "runs only on torch-eager (needs run-time weight shapes)"
     produces = "dense"
 
     def apply(self, ctx, knobs):
-        return Compressed([Deployable(ctx.model)])
-
-    def skip_reason(self, target_key, deployable):
-        return None if target_key == "torch-eager" else f"this method cannot run on {target_key}"
+        return Compressed([Deployable(ctx.model, requires=frozenset({"runtime_weight_shapes"}),
+                                      requires_why="this test method says so")])
 
 
 class ProbingMethod(Method):

@@ -125,10 +125,19 @@ class TestTargetContract:
     def test_availability_imports_no_runtime(self, target, imported_runtimes):
         assert imported_runtimes == []
 
-    def test_options_are_validated_up_front(self, target):
-        target.check_options({})  # the defaults are always valid
+    def test_options_are_typed_and_validated_up_front(self, target):
+        defaults = target.parse_options({})  # the defaults are always valid, and all filled in
+        assert set(defaults) == {k.name for k in target.options if k.default is not None}
+        for knob in target.options:
+            assert knob.help and knob.describe().startswith(knob.name + "=")
+            assert target.parse_options({knob.name: str(defaults[knob.name])})[knob.name] == defaults[knob.name]
         with pytest.raises(UserError, match="unknown option 'no_such_option'"):
-            target.check_options({"no_such_option": 1})
+            target.parse_options({"no_such_option": 1})
+
+    def test_capabilities_are_known(self, target):
+        from targets.base import CAPABILITIES
+
+        assert set(target.capabilities) <= set(CAPABILITIES)
 
     def test_versions_are_strings(self, target):
         versions = target.versions()
@@ -150,6 +159,17 @@ class TestTargetContract:
         info = compiled(scenario, batch).info
         assert "precision" in info and "threads" in info
         assert "timing_scope" in info
+
+    def test_machine_timer_and_graph_facts(self, compiled):
+        session = compiled("SingleStream", 1)
+        machine = session.machine()
+        assert {"node", "cpu", "cpu_count", "arch", "gpu", "board", "emulated"} <= set(machine)
+        latency = session.timer()(inputs(1, seed=4))  # one query, its latency in seconds
+        assert 0 < latency < 60
+        facts = session.graph_facts()
+        assert isinstance(facts, dict)
+        if "ops" in facts:  # a backend that reports its optimised graph: every op counted
+            assert all(isinstance(v, int) and v > 0 for v in facts["ops"].values())
 
     @pytest.mark.parametrize("scenario,batch", CASES)
     def test_outputs_do_not_alias(self, compiled, net, scenario, batch):
@@ -202,6 +222,24 @@ def ov_target():
     if not status.ok:
         pytest.skip(f"ov-cpu: {status.reason}")
     return tgt
+
+
+def test_ort_graph_facts_come_from_its_optimised_graph(artifact):
+    session = get_target("ort-cpu").compile(artifact, batch=1, scenario="SingleStream", threads=1)
+    facts = session.graph_facts()
+    # ORT_ENABLE_ALL rewrites the constant-weight convs into its NCHWc layout ops
+    assert facts["ops"].get("com.microsoft.nchwc.Conv", 0) == 3 and "Conv" not in facts["ops"]
+    # ...whose weights are reordered into channel blocks: 8 filters padded up to the block size
+    assert [w[0] >= o for w, o in zip(facts["conv_weights"], (8, 16, 16))] == [True] * 3
+    session.close()
+
+
+def test_ov_graph_facts_count_runtime_ops(ov_target, artifact):
+    session = ov_target.compile(artifact, batch=1, scenario="SingleStream", threads=1)
+    facts = session.graph_facts()
+    assert sum(n for op, n in facts["ops"].items() if "Convolution" in op) == 3
+    assert facts["int8_convs"] == 0
+    session.close()
 
 
 def test_ov_records_real_fp32_by_default(ov_target, artifact):

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from harness.errors import UserError
-from harness.timing import (PRESETS, Samples, TimingRules, measure, nearest_rank, per_input_spread,
+from harness.timing import (PRESETS, HostTimer, Samples, TimingRules, measure, nearest_rank, per_input_spread,
                             summarize)
 
 
@@ -63,7 +63,7 @@ def _timed(step_s, rules, pool=(0, 1, 2)):
         calls.append(x)
         clock.t += step_s
 
-    samples = measure(run, list(pool), rules, clock=clock)
+    samples = measure(HostTimer(run, clock=clock), list(pool), rules, clock=clock)
     return samples, calls
 
 
@@ -106,22 +106,22 @@ def test_sync_runs_before_the_clock_is_read():
         events.append("sync")
 
     rules = TimingRules(0.0, 0, 0.0, 3, 10)
-    samples = measure(run, [0], rules, sync=sync, clock=clock)
+    samples = measure(HostTimer(run, sync, clock=clock), [0], rules, clock=clock)
     assert events[:2] == ["run", "sync"]
     assert samples.latencies_s == [pytest.approx(0.003)] * 3
 
 
-def test_device_timer_replaces_host_clock():
-    class Timer:
-        def start(self):
-            pass
+def test_a_session_timer_replaces_the_host_clock():
+    # a device or board timer reports its own latency per query; the engine records exactly that
+    seen = []
 
-        def stop(self):
-            return 0.25
+    def board_timer(x):
+        seen.append(x)
+        return 0.25
 
-    samples = measure(lambda x: None, [0], TimingRules(0.0, 0, 0.0, 2, 10), device_timer=Timer(),
-                      clock=FakeClock())
+    samples = measure(board_timer, ["a", "b"], TimingRules(0.0, 0, 0.0, 2, 10), clock=FakeClock())
     assert samples.latencies_s == [0.25, 0.25]
+    assert seen == ["a", "b"]
 
 
 def test_per_input_spread():

@@ -47,7 +47,7 @@ class DeepShift(Method):
     produces = "dense"
     report_columns = ("deepshift_top1_converted", "deepshift_changed_weight_share", "pow2_ok", "pow2_bad_weights",
                       "pow2_checked_weights", "deepshift_finalize_max_abs", "int8_exact_share",
-                      "int8_ort_qlinearconv", "int8_ov_int8_convs", "int8_ort_max_abs_vs_float", "size_fp32_bytes")
+                      "int8_ort_qlinearconv", "int8_ov_int8_convs", "size_fp32_bytes")
     knobs = (
         Knob("mode", str, ("q", "ps"), choices=("q", "ps"),
              help="q: rounded latent weights (STE); ps: trained shift P and ternary sign S (RAdam)"),
@@ -153,12 +153,6 @@ class DeepShift(Method):
             return []
         dep.extra = {**extra, **dep.extra}
         return [dep]
-
-    def skip_reason(self, target_key: str, deployable: Deployable) -> str | None:
-        if deployable.variant == "int8" and target_key != "ort-cpu" and target_key != "ov-cpu":
-            return ("the int8 variant is an ONNX QDQ graph (int8 weights, quantised activations); "
-                    "torch-eager would run the float shift network instead, so it is not measured there")
-        return None
 
 
 # ----------------------------------------------------------------------------- PS training pieces

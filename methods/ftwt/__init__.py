@@ -77,6 +77,13 @@ def _fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+# The skipping networks select weights per input: their ONNX graphs hold Convs whose weights (and
+# channel counts) are computed at run time. Measured: OpenVINO's CPU plugin rejects them with
+# "Doesn't support dynamic weights shape"; the masked variant runs everywhere.
+RUNTIME_SHAPES = {"requires": frozenset({"runtime_weight_shapes"}),
+                  "requires_why": "the skipping network gathers each layer's weights per input"}
+
+
 class FTWT(Method):
     name = "ftwt"
     summary = ("FTWT dynamic channel pruning: per-input mask predictors trained on heatmap-mass "
@@ -104,14 +111,6 @@ class FTWT(Method):
                   "sigmoid > 0.5"),
     )
     exclusive = (("r", "macs"),)
-
-    def skip_reason(self, target_key: str, deployable: Deployable) -> str | None:
-        if deployable.variant in ("default", "skip-all") and target_key == "ov-cpu":
-            # measured: compile_model fails with "Doesn't support dynamic weights shape" (CPU
-            # plugin, Conv whose weight comes from NonZero -> Gather at run time)
-            return ("OpenVINO CPU cannot compile Conv weights with a run-time channel count "
-                    "(\"Doesn't support dynamic weights shape\"); the masked variant runs there")
-        return None
 
     def apply(self, ctx: MethodContext, knobs: Mapping[str, Any]) -> Compressed:
         mode, pool = knobs.get("mode", "decoupled"), knobs.get("pool", "max")
@@ -164,7 +163,7 @@ class FTWT(Method):
         if skip is not None:
             batch_policy = "union of masks, per-sample mask multiply"
             deps.append(Deployable(skip, "default", export_onnx=export_skip_onnx, macs=mean_macs,
-                                   check_graph=check_skip_graph,
+                                   check_graph=check_skip_graph, **RUNTIME_SHAPES,
                                    extra={**extra, "ftwt_execution": "skip (gathered weights, BN folded)",
                                           "ftwt_batch_policy": batch_policy}))
             # the dense baseline run by the same engine: its accuracy is the baseline's, its cost
@@ -173,7 +172,7 @@ class FTWT(Method):
             engine_dense = build_skip(wrap(baseline, tuple(ctx.data.input_shape), pool=pool, mode=mode),
                                       select_all=True)
             deps.append(Deployable(engine_dense, "skip-all", export_onnx=export_skip_onnx,
-                                   macs=float(dense), check_graph=check_skip_graph,
+                                   macs=float(dense), check_graph=check_skip_graph, **RUNTIME_SHAPES,
                                    extra={**extra, "ftwt_execution": "the dense baseline in the skip engine, "
                                           "every filter selected (what the engine costs without skipping)",
                                           "ftwt_batch_policy": batch_policy}))
