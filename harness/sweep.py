@@ -254,7 +254,7 @@ class Sweep:
         t0 = time.perf_counter()
         try:
             torch.manual_seed(self.cfg.seed)
-            compressed = method.apply(ctx, knobs)
+            compressed = method.apply(ctx, method.settings(knobs))
         except Exception as exc:  # a failed method is a row per cell, and the sweep goes on
             err = f"method failed: {type(exc).__name__}: {first_line(exc)}"
             for target, scenario, key in cells:

@@ -83,6 +83,11 @@ class Method(ABC):
         known = ", ".join(k.name for k in self.knobs) or "none"
         raise UserError(f"method {self.name} has no knob {name!r} (knobs: {known})")
 
+    def settings(self, knobs: Mapping[str, Any]) -> dict[str, Any]:
+        """The typed settings ``apply`` receives: the given knob values (already parsed) over
+        every knob's ``default`` (knobs without a default are absent unless given)."""
+        return {**{k.name: k.default for k in self.knobs if k.default is not None}, **knobs}
+
     def validate(self, values: Mapping[str, Any]) -> None:
         """Check a combination of knob values (cross-knob rules); raise UserError when invalid."""
 
