@@ -99,3 +99,43 @@ def folder_root(tmp_path: Path) -> Path:
                 _write_png(root / split / cls / f"{j}.png", size, seed)
                 seed += 1
     return root
+
+
+# Fashion-MNIST in the IDX format: magic (0, 0, 0x08 = ubyte, ndim), big-endian uint32 dims, data.
+FASHION_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+                 "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+def _write_fashion(root: Path, *, gz: bool = True, n_train: int = 40, n_test: int = 20, side: int = 28,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """Four IDX files under ``root`` (gzip or raw); labels cycle 0..9, so classes are balanced."""
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train_images": rng.integers(0, 256, (n_train, side, side), dtype=np.uint8),
+        "train_labels": (np.arange(n_train) % 10).astype(np.uint8),
+        "test_images": rng.integers(0, 256, (n_test, side, side), dtype=np.uint8),
+        "test_labels": rng.permutation(np.arange(n_test) % 10).astype(np.uint8),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    for role, name in FASHION_FILES.items():
+        blob = _idx_bytes(arrays[role])
+        if gz:
+            (root / f"{name}.gz").write_bytes(gzip.compress(blob))
+        else:
+            (root / name).write_bytes(blob)
+    return arrays
+
+
+@pytest.fixture
+def fashion_root(tmp_path: Path) -> Path:
+    """tmp/fashion with the four gzipped IDX files: 40 train and 20 test 28x28 images."""
+    _write_fashion(tmp_path / "fashion")
+    return tmp_path / "fashion"

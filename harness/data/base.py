@@ -99,8 +99,8 @@ def hash_arrays(*arrays: np.ndarray) -> str:
 def resized_stats(raw: torch.Tensor, *, scale: float, size: int) -> tuple[float, float]:
     """Mean and std of the images after scaling and resizing to ``size`` (chunked, float64)."""
     total, total_sq, count = 0.0, 0.0, 0
-    for start in range(0, raw.shape[0], 256):
-        x = raw[start:start + 256].to(torch.float32) * scale
+    for start in range(0, raw.shape[0], 4096):
+        x = raw[start:start + 4096].to(torch.float32) * scale
         if x.shape[-1] != size or x.shape[-2] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                               antialias=x.shape[-1] > size)
