@@ -66,6 +66,11 @@ class Registry(Generic[T]):
             raise UserError(unknown_message(self.kind, name, list(self._entries)))
         return self._entries[name]
 
+    def load(self, name: str) -> Any:
+        """The entry for ``name`` imported but not instantiated (e.g. a class to construct)."""
+        entry = self.entry(name)
+        return import_string(entry) if isinstance(entry, str) else entry
+
     def get(self, name: str) -> T:
         """The entry for ``name``, imported on first use; unknown names raise a UserError."""
         self._load_plugins()

@@ -76,7 +76,7 @@ def _fast_config(tmp_path: Path, targets: list[str]) -> Path:
         f'models = ["resnet20"]\nmethods = ["none"]\ntargets = {json.dumps(targets)}\npreset = "quick"\n'
         'scenarios = ["SingleStream"]\npool_size = 16\nprogress = false\n'
         "[timing]\nwarmup_min_s = 0.0\nwarmup_min_n = 2\nmin_s = 0.0\nmin_n = 8\nmax_s = 5.0\n"
-        "[recipe]\nepochs = 4\nbatch_size = 64\n")
+        "[recipe]\nsteps = 90\nbatch_size = 64\n")
     return cfg
 
 

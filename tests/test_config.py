@@ -1,7 +1,7 @@
 """Sweep configuration and budget parsing are validated before anything runs."""
 import pytest
 
-from harness.config import SweepConfig, load_toml, parse_budget_args
+from harness.engine.config import SweepConfig, load_toml, parse_budget_args
 from harness.errors import UserError
 from methods import Knob
 from methods.base import Method

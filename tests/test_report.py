@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.report import _pareto_mask, derive, publish
+from harness.engine.report import _pareto_mask, derive, publish
 
 
 def _row(method, p50, macs, top1, target="ort-cpu", baseline="b1", **kw):

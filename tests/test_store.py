@@ -2,7 +2,7 @@
 import json
 import sqlite3
 
-from harness.store import Store
+from harness.engine.store import Store
 
 
 def test_rows_are_committed_immediately(tmp_path):

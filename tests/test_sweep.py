@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import FAST_RECIPE, FAST_TIMING, available_cpu_targets
-from harness.config import SweepConfig
+from harness.engine.config import SweepConfig
 from harness.errors import UserError
 from harness.export import file_sha256
 from harness.macs import count_cost
-from harness.report import COLUMNS
-from harness.sweep import plan_sweep, run_sweep
+from harness.engine.report import COLUMNS
+from harness.engine.sweep import plan_sweep, run_sweep
 from methods import METHODS
 from targets import TARGETS
 
@@ -139,7 +139,7 @@ def test_sweep_on_cifar10_and_imagefolder_formats(tmp_path, cifar_root, folder_r
     for spec, classes in ((f"cifar10:{cifar_root}", 10), (f"imagefolder:{folder_root}", 3)):
         out = tmp_path / spec.split(":")[0]
         rows = run_sweep(_config(tmp_path, cpu_targets[:1], data=spec, out=out, scenarios=["SingleStream"],
-                                 recipe=FAST_RECIPE.with_(epochs=1)))
+                                 recipe=FAST_RECIPE.with_(steps=1)))
         assert len(rows) == 1 and rows[0]["status"] == "ok", rows[0].get("error")
         assert rows[0]["data"] == spec and rows[0]["top1"] is not None and rows[0]["parity_max_abs"] < 1e-3
         assert rows[0]["eval_n"] == 6

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.cell import CellSpec
+from harness.engine.cell import CellSpec
 from harness.errors import UserError, first_line
-from harness.isolate import run_isolated
+from harness.engine.isolate import run_isolated
 from harness.provenance import cpu_count
 from harness.registry import unknown_message
 from harness.timing import PRESETS

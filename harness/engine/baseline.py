@@ -45,10 +45,19 @@ def baseline_key(model_name: str, data: DataBundle, recipe: TrainRecipe, seed: i
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def baseline_cached(folder: Path, model_name: str, key: str) -> bool:
+    """Whether the trained baseline ``key`` is already in ``folder``."""
+    return (Path(folder) / f"{model_name}-{key}.pt").exists()
+
+
+def baseline_path(folder: Path, model_name: str, key: str) -> Path:
+    return Path(folder) / f"{model_name}-{key}.pt"
+
+
 def get_baseline(model_name: str, data: DataBundle, recipe: TrainRecipe, *, seed: int,
-                 checkpoint: Path | None = None, progress: bool = True) -> Baseline:
+                 checkpoint: Path | None = None, progress: bool = True, folder: Path | None = None) -> Baseline:
     """The baseline for this (model, data, recipe, seed): from the user's checkpoint, from the
-    cache, or trained now (resumable) and cached."""
+    cache (``folder``, default ``cache_dir()/baselines``), or trained now (resumable) and cached."""
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
     key = baseline_key(model_name, data, recipe, seed, checkpoint)
@@ -60,7 +69,7 @@ def get_baseline(model_name: str, data: DataBundle, recipe: TrainRecipe, *, seed
     if data.synthetic:
         # Latency-only runs: random labels cannot train anything, so weights stay at the seeded init.
         return Baseline(model.eval(), key, "untrained (synthetic data)", 0.0)
-    folder = cache_dir() / "baselines"
+    folder = Path(folder) if folder is not None else cache_dir() / "baselines"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{model_name}-{key}.pt"
     if final.exists():

@@ -41,9 +41,13 @@ class SweepConfig:
     recipe: TrainRecipe | None = None  # overrides the preset's baseline recipe
     target_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress: bool = True
+    train_limit: int | None = None  # a fixed class-stratified subset of the training split
+    executor: str = "local"  # local | inline | ray[:ADDRESS] (see harness.engine.executors)
+    artifacts: Path | None = None  # shared artifact location (default OUT/artifacts; baselines: the cache)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        self.artifacts = Path(self.artifacts) if self.artifacts else None
         self.checkpoint = Path(self.checkpoint) if self.checkpoint else None
         if self.preset not in PRESETS:
             raise UserError(unknown_message("preset", self.preset, list(PRESETS)))
@@ -56,6 +60,16 @@ class SweepConfig:
             raise UserError("threads, offline_batch and pool_size must be >= 1")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise UserError("eval_limit must be >= 1")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise UserError("train_limit must be >= 1")
+        from harness.engine.executors import EXECUTORS
+
+        EXECUTORS.entry(self.executor.partition(":")[0])  # unknown executor: did-you-mean, now
+
+    @property
+    def artifact_dir(self) -> Path:
+        """Where exported networks, reference logits and input arrays go (by content hash)."""
+        return self.artifacts or self.out / "artifacts"
 
     @property
     def timing_rules(self) -> TimingRules:

@@ -12,25 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from harness.engine.rows import COLUMNS, GROUP  # noqa: E402
 from harness.macs import CONVENTION  # noqa: E402
 from harness.timing import PERCENTILE_RULE, SAMPLE_FLOORS  # noqa: E402
-
-# The column order of the published table: identity, outcome, accuracy, cost, latency,
-# cold start, derived ratios, then provenance.
-COLUMNS = [
-    "model", "data", "method", "knob", "budget", "variant", "target", "scenario", "batch", "status",
-    "error", "top1", "top5", "top1_torch", "top1_drop", "parity_max_abs", "parity_top1_agree",
-    "macs", "params", "size_bytes", "size_fp32_bytes", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
-    "std_ms", "min_ms", "max_ms", "n", "throughput", "input_p50_min_ms", "input_p50_max_ms",
-    "compile_s", "first_run_ms", "train_s", "method_s", "speedup", "macs_ratio", "realised_share",
-    "artifact", "artifact_sha256", "precision", "target_options", "threads", "preset", "percentile_rule",
-    "timing_note", "produces", "synthetic", "device", "eval_n", "pool_inputs", "baseline_source",
-    "baseline_key", "data_hash", "recipe", "seed", "cpu", "cpu_count", "gpu", "git_rev",
-    "started", "written", "versions", "runtime_versions", "session", "macs_convention", "key",
-]
-# A row's dense reference: same baseline weights, target, build options, scenario, batch, timing.
-GROUP = ["model", "baseline_key", "target", "target_options", "scenario", "batch", "preset", "threads"]
-
 
 def derive(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows as a table with the ratios against the dense row of the same model, target and

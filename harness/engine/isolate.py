@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.cell import CellSpec
+from harness.engine.cell import CellSpec
 from harness.provenance import PROJECT_ROOT
 
 
@@ -40,7 +40,7 @@ def run_isolated(spec: CellSpec, workdir: Path, timeout_s: float) -> dict[str, A
     spec_path, result_path = workdir / "spec.json", workdir / "result.json"
     result_path.unlink(missing_ok=True)
     spec.save(spec_path)
-    cmd = [sys.executable, "-m", "harness.cell", str(spec_path), str(result_path)]
+    cmd = [sys.executable, "-m", "harness.engine.cell", str(spec_path), str(result_path)]
     try:
         proc = subprocess.run(cmd, env=_child_env(spec.threads), capture_output=True, text=True,
                               timeout=timeout_s)

@@ -1,7 +1,7 @@
 """One measurement cell, run in its own process: compile on a target, measure accuracy and
 parity from the target's own outputs, time it with the harness's timing engine.
 
-Usage (by the sweep, not by hand): ``python -m harness.cell SPEC.json RESULT.json``.
+Usage (by the sweep, not by hand): ``python -m harness.engine.cell SPEC.json RESULT.json``.
 Running each cell in a fresh process means a crash in a native runtime (a compiler segfault, an
 out-of-memory kill) becomes an error row instead of a dead sweep, and no runtime's thread pool or
 allocator state leaks into the next cell's numbers.
@@ -107,8 +107,12 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     session.sync()
     first_run_ms = (time.perf_counter() - t0) * 1e3
     row: dict[str, Any] = {"compile_s": compile_s, "first_run_ms": first_run_ms}
+    t0 = time.perf_counter()
     row.update(_accuracy(session, spec))
+    accuracy_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     samples = measure(session.timer(), queries, TimingRules(**spec.rules))
+    timing_s = time.perf_counter() - t0
     stats = summarize(samples.latencies_s, batch=spec.batch, wall_s=samples.wall_s,
                       note="stopped by the cap before the minimums" if samples.capped else "")
     row.update(stats.as_row())
@@ -117,8 +121,11 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
         row.update(per_input_spread(samples))
     row["pool_inputs"] = len(queries)
     row.update(session.machine())  # the machine that ran the queries: a board names itself
+    t0 = time.perf_counter()
     if spec.graph_facts:
         row["graph_facts"] = session.graph_facts()
+    row["phases"] = {"compile": compile_s, "accuracy": accuracy_s, "timing": timing_s,
+                     "graph facts": time.perf_counter() - t0}
     row["session"] = session.info
     row["runtime_versions"] = target.versions()
     session.close()

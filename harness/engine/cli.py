@@ -1,5 +1,5 @@
-"""Command line: a thin shell over the Python API (harness.sweep, harness.report, harness.bench,
-harness.inspect). Every user error is one line on stderr and exit status 2."""
+"""Command line: a thin shell over the Python API (harness.engine: sweep, plan, report, bench,
+inspect). Every user error is one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -21,8 +21,9 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
-def _sweep_args(sub: Any) -> None:
-    p = sub.add_parser("sweep", help="compress, deploy and measure: model x method x budget x target")
+def _sweep_args(sub: Any, name: str = "sweep",
+                help: str = "compress, deploy and measure: model x method x budget x target") -> Any:
+    p = sub.add_parser(name, help=help)
     p.add_argument("--config", type=Path, help="TOML file with SweepConfig fields; flags override it")
     p.add_argument("--models", help="comma list (default resnet20)")
     p.add_argument("--methods", help="comma list (default: every registered method; 'none' always runs)")
@@ -41,13 +42,21 @@ def _sweep_args(sub: Any) -> None:
     p.add_argument("--target-option", action="append", default=[], metavar="TARGET.OPTION=VALUE",
                    help="a target build option, e.g. ov-cpu.precision=bf16 or ort-cpu.graph_optimization="
                         "extended (repeatable; recorded in every row and in the cell key)")
+    p.add_argument("--train-limit", type=int, help="train on a fixed class-stratified subset of N training images")
+    p.add_argument("--executor", help="local (default: cells in child processes) | inline (no child processes) | "
+                                      "ray[:ADDRESS] (ray:auto, ray:HOST:PORT; none: a local Ray on 127.0.0.1)")
+    p.add_argument("--artifacts", type=Path, help="artifact location every node can read (default OUT/artifacts)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (jobs, what is done, time left) and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
 
 
 def _build_parser() -> _Parser:
     parser = _Parser(prog="python -m harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _sweep_args(sub)
+    plan = _sweep_args(sub, name="plan", help="print a sweep's plan (same options as sweep) and stop")
+    plan.set_defaults(dry_run=True)
     r = sub.add_parser("report", help="rebuild results.csv, results.md and pareto.png from DIR's store")
     r.add_argument("dir", type=Path)
     b = sub.add_parser("bench", help="time an existing ONNX model on targets with the same engine")
@@ -78,15 +87,15 @@ def _target_options(items: list[str], base: dict[str, dict[str, Any]]) -> dict[s
     return out
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    from harness.config import SweepConfig, load_toml, parse_budget_args
-    from harness.sweep import run_sweep
+def _config(args: argparse.Namespace) -> Any:
+    from harness.engine.config import SweepConfig, load_toml, parse_budget_args
 
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
     flags = {"models": _csv(args.models), "methods": _csv(args.methods), "targets": _csv(args.targets),
              "data": args.data, "preset": args.preset, "scenarios": _csv(args.scenarios), "out": args.out,
              "threads": args.threads, "offline_batch": args.offline_batch, "checkpoint": args.checkpoint,
-             "seed": args.seed, "eval_limit": args.eval_limit}
+             "seed": args.seed, "eval_limit": args.eval_limit, "train_limit": args.train_limit,
+             "executor": args.executor, "artifacts": args.artifacts}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.budgets:
         values["budgets"] = {**values.get("budgets", {}), **parse_budget_args(args.budgets, values.get("methods"))}
@@ -94,16 +103,31 @@ def _sweep(args: argparse.Namespace) -> int:
         values["target_options"] = _target_options(args.target_option, values.get("target_options", {}))
     if args.no_progress:
         values["progress"] = False
-    config = SweepConfig(**values)
+    return SweepConfig(**values)
+
+
+def _resume_hint(argv: Sequence[str] | None) -> str:
+    words = list(argv) if argv is not None else sys.argv[1:]
+    return "python -m harness " + " ".join(words)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from harness.engine.sweep import dry_run, run_sweep
+
+    config = _config(args)
+    if args.dry_run:
+        print("\n".join(dry_run(config)))
+        return 0
     rows = run_sweep(config)
-    failed = sum(r.get("status") in ("error", "timeout") for r in rows)
-    print(f"{len(rows)} rows ({failed} error/timeout) in {config.out}: results.csv, results.md, pareto.png")
+    counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "skipped", "error", "timeout")}
+    print(f"{len(rows)} rows: {counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} errors, "
+          f"{counts['timeout']} timeouts in {config.out}: results.csv, results.md, pareto.png")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from harness.report import publish
-    from harness.store import Store
+    from harness.engine.report import publish
+    from harness.engine.store import Store
 
     db = args.dir / "results.sqlite"
     if not db.is_file():
@@ -116,7 +140,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from harness.bench import bench_onnx, format_table
+    from harness.engine.bench import bench_onnx, format_table
 
     rows = bench_onnx(args.onnx, _csv(args.targets) or [], preset=args.preset,
                       input_shape=args.input_shape, threads=args.threads)
@@ -125,7 +149,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from harness.inspection import inspect_model
+    from harness.engine.inspection import inspect_model
 
     info = inspect_model(args.model, args.method, args.budget)
     print(json.dumps(info, indent=1) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
@@ -133,13 +157,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from harness.inspection import listing
+    from harness.engine.inspection import listing
 
     print(listing(args.what))
     return 0
 
 
-COMMANDS = {"sweep": _sweep, "report": _report, "bench": _bench, "inspect": _inspect, "ls": _ls}
+COMMANDS = {"sweep": _sweep, "plan": _sweep, "report": _report, "bench": _bench, "inspect": _inspect, "ls": _ls}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: rows already written are kept in the results store", file=sys.stderr)
+        print("interrupted: every row written so far is kept in the results store (results.csv/md rebuilt "
+              f"for them); to resume, run the same command again: {_resume_hint(argv)}", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not bad input: still one line unless debugging
         if os.environ.get("HARNESS_DEBUG"):

@@ -1,0 +1,265 @@
+"""What each kind of job does, as top-level functions of picklable arguments, so the same code
+runs in the driver (local and inline executors) or on any node of a Ray cluster.
+
+A job reads and writes only files under the artifact location (``config.artifact_dir``, shared
+storage on a cluster) and returns its result to the driver, which alone writes the store:
+- ``run_baseline``: the dense baseline (trained once and cached by content hash, or the user's
+  checkpoint), its weights, and the evaluation and timing-pool arrays of the model's test set;
+- ``run_compress``: one method at one budget on the baseline; every deployable exported once
+  (pickled module + ONNX), its reference logits and its target-independent row columns;
+- ``run_measure``: one deployable on one target and scenario, in an isolated cell process (or
+  in-process for the inline executor); the cell's result plus where and when it ran.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.data import DataBundle, eval_arrays
+from harness.engine.baseline import cache_dir, get_baseline
+from harness.engine.cell import CellSpec, run_cell
+from harness.engine.config import SweepConfig
+from harness.engine.isolate import run_isolated
+from harness.engine.plan import BaselineJob, CompressJob, MeasureJob, load_model_data
+from harness.engine.rows import content_key
+from harness.errors import UserError, first_line
+from harness.export import export_onnx, file_sha256
+from harness.macs import count_cost, size_bytes
+from harness.models import build_model
+from harness.timing import PRESETS
+from harness.train import predict, top1
+from methods import Deployable, MethodContext, get_method
+from targets import TARGETS, Artifact, get_target
+
+_DATA: dict[tuple, DataBundle] = {}  # per process: a worker loads each data set once
+
+
+def log(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _data(config: SweepConfig, model: str) -> DataBundle:
+    from harness.models import model_spec
+
+    size = model_spec(model).input_size if config.data.startswith("synthetic") else None
+    key = (config.data, size, config.seed, config.train_limit)
+    if key not in _DATA:
+        _DATA[key] = load_model_data(config, model)
+    return _DATA[key]
+
+
+def _baseline_folder(config: SweepConfig) -> Path:
+    # on a cluster the trained baselines live on the shared artifact location; alone, in the
+    # user's cache, where every sweep of the same (model, data, recipe, seed) finds them
+    return config.artifacts / "baselines" if config.artifacts else cache_dir() / "baselines"
+
+
+# ----------------------------------------------------------------------------- baseline
+def run_baseline(config: SweepConfig, job: BaselineJob) -> dict[str, Any]:
+    """Baseline weights and the model's evaluation arrays, as files; returns their paths."""
+    t0 = time.perf_counter()
+    data = _data(config, job.model)
+    if data.synthetic:
+        log(f"[{job.model}] untrained weights (synthetic data: latency only)")
+    else:
+        log(f"[{job.model}] baseline on {data.spec} ({config.preset} recipe)")
+    base = get_baseline(job.model, data, config.baseline_recipe, seed=config.seed, checkpoint=config.checkpoint,
+                        progress=config.progress, folder=_baseline_folder(config))
+    train_wall = time.perf_counter() - t0
+    folder = config.artifact_dir / "data" / f"{job.model}-{job.key}-{content_key([config.eval_limit, config.pool_size])}"
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "baseline.pt"
+    torch.save(base.model.state_dict(), weights)
+    x, y = eval_arrays(data, config.eval_limit)
+    if data.synthetic:  # no accuracy: parity needs only a few inputs, not hundreds of MB of them
+        x, y = x[: config.pool_size], y[: config.pool_size]
+    paths = {"pool": folder / "pool.npy", "eval_x": folder / "eval_x.npy", "eval_y": folder / "eval_y.npy"}
+    for name, arr in (("pool", x[: config.pool_size]), ("eval_x", x), ("eval_y", y)):
+        np.save(paths[name], arr)
+    return {"key": base.key, "source": base.source, "train_s": base.train_s, "weights": str(weights),
+            "dense_macs": count_cost(base.model, data.input_shape).macs, "train_n": data.train_n,
+            **{k: str(p) for k, p in paths.items()},
+            "phases": {"baseline": train_wall, "arrays": time.perf_counter() - t0 - train_wall}}
+
+
+def _baseline_model(config: SweepConfig, model: str, base: dict[str, Any], classes: int) -> nn.Module:
+    net = build_model(model, num_classes=classes)
+    net.load_state_dict(torch.load(base["weights"], map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+# ----------------------------------------------------------------------------- compress
+def run_compress(config: SweepConfig, job: CompressJob, base: dict[str, Any], needs_onnx: bool) -> dict[str, Any]:
+    """Apply ``job``'s method to the baseline and export every deployable; returns
+    {"status", "error", "variants": {name: record}, "phases"}. A failing method is a result with
+    status "error" (every cell of the budget becomes an error row), not an exception."""
+    torch.set_num_threads(config.threads)
+    data = _data(config, job.model)
+    method = get_method(job.method)
+    model = _baseline_model(config, job.model, base, data.num_classes)
+    ctx = MethodContext(model_name=job.model, model=model, data=data, recipe=config.baseline_recipe,
+                        seed=config.seed, workdir=config.artifact_dir / "methods", preset=config.preset,
+                        measure_latency=_latency_probe(config, job, base), log=log)
+    t0 = time.perf_counter()
+    try:
+        torch.manual_seed(config.seed)
+        compressed = method.apply(ctx, method.settings(job.knobs))
+    except Exception as exc:  # a failed method is a row per cell, and the sweep goes on
+        return {"status": "error", "error": f"method failed: {type(exc).__name__}: {first_line(exc)}",
+                "variants": {}, "phases": {"compress": time.perf_counter() - t0}}
+    apply_s = time.perf_counter() - t0
+    train_s = compressed.train_s if method.name != "none" else base["train_s"]
+    variants: dict[str, dict[str, Any]] = {}
+    phases = {"compress": apply_s, "reference": 0.0, "export": 0.0}
+    for dep in compressed.deployables:
+        variants[dep.variant] = _variant_record(config, job, base, dep, data, needs_onnx, phases,
+                                                {"train_s": train_s, "method_s": apply_s, **compressed.extra})
+    return {"status": "ok", "error": "", "variants": variants, "phases": phases}
+
+
+def _import_name(fn: Callable | None) -> str | None:
+    """``module:qualname`` of a module-level function, so another process can import it."""
+    if fn is None:
+        return None
+    name = f"{fn.__module__}:{fn.__qualname__}"
+    if "<" in name:
+        raise ValueError(f"check_facts must be a module-level function, got {name}")
+    return name
+
+
+def _variant_record(config: SweepConfig, job: CompressJob, base: dict[str, Any], dep: Deployable,
+                    data: DataBundle, needs_onnx: bool, phases: dict[str, float],
+                    common: dict[str, Any]) -> dict[str, Any]:
+    """What every measure job of this deployable needs: files, hashes, target-independent columns."""
+    t0 = time.perf_counter()
+    cost = count_cost(dep.model, data.input_shape)
+    shared: dict[str, Any] = {
+        "variant": dep.variant, "macs": dep.macs if dep.macs is not None else cost.macs, "params": cost.params,
+        "size_bytes": dep.size_bytes if dep.size_bytes is not None else size_bytes(dep.model),
+        "size_fp32_bytes": size_bytes(dep.model), "dense_macs": base["dense_macs"], **common, **dep.extra}
+    tag = f"{job.model}-{job.method}-{job.key[:10]}-{dep.variant}"
+    folder = config.artifact_dir
+    ref = predict(dep.model, np.load(base["eval_x"]))
+    shared["top1_torch"] = top1(ref, np.load(base["eval_y"]))
+    ref_path = folder / f"{tag}.ref.npy"
+    np.save(ref_path, ref)
+    phases["reference"] += time.perf_counter() - t0
+    record: dict[str, Any] = {"shared": shared, "ref_path": str(ref_path), "requires": sorted(dep.requires),
+                              "requires_why": dep.requires_why, "check_facts": _import_name(dep.check_facts),
+                              "error": ""}
+    t0 = time.perf_counter()
+    try:
+        art = _save_artifact(dep.model, folder, tag, tuple(data.input_shape), onnx=needs_onnx,
+                             exporter=dep.export_onnx or export_onnx)
+        record.update({"torch_path": str(art.torch_path), "torch_sha256": file_sha256(art.torch_path),
+                       "onnx_path": str(art.onnx_path) if art.onnx_path else None,
+                       "onnx_sha256": file_sha256(art.onnx_path) if art.onnx_path else None})
+        if art.onnx_path is not None and dep.check_graph is not None:
+            shared.update(dep.check_graph(art.onnx_path))
+    except Exception as exc:
+        record["error"] = f"export failed: {type(exc).__name__}: {first_line(exc)}"
+    phases["export"] += time.perf_counter() - t0
+    return record
+
+
+def _save_artifact(model: nn.Module, folder: Path, tag: str, input_shape: tuple[int, ...], *, onnx: bool,
+                   exporter: Callable[..., Path] = export_onnx) -> Artifact:
+    """The pickled module and, when ``onnx``, the ONNX export, under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    torch_path = folder / f"{tag}.pt"
+    torch.save(model, torch_path)
+    onnx_path = exporter(model, folder / f"{tag}.onnx", input_shape) if onnx else None
+    return Artifact(name=tag, input_shape=input_shape, onnx_path=onnx_path, torch_path=torch_path)
+
+
+def _latency_probe(config: SweepConfig, job: CompressJob, base: dict[str, Any]) -> Callable[[nn.Module, str], float]:
+    """A callable(model, target_key) -> p50 ms at batch 1, for methods with a latency budget.
+
+    Probes time with the quick preset's rules (or the sweep's own, when they are shorter, as in
+    tests): a method may probe dozens of candidate networks before its result is measured in full
+    like every other row. On a Ray cluster a probe runs inside its compress job, on a node that
+    may be shared with other compress jobs: its numbers are then only as good as that node is quiet.
+    """
+    rules = config.timing_rules
+    if rules.min_s > PRESETS["quick"].min_s:
+        rules = PRESETS["quick"]
+
+    def probe(model: nn.Module, target_key: str) -> float:
+        target = get_target(target_key)
+        options = target.parse_options(config.target_options.get(target_key, {}))
+        avail = target.availability(options)
+        if not avail.ok:
+            raise UserError(f"target {target_key} is not available: {avail.reason}")
+        tag = f"probe-{int(time.time() * 1e6)}"
+        work = config.artifact_dir / "probe"
+        art = _save_artifact(model, work, tag, tuple(np.load(base["pool"], mmap_mode="r").shape[1:]),
+                             onnx=target.needs == "onnx")
+        spec = CellSpec(target=target_key, artifact=_artifact_json(art), scenario="SingleStream", batch=1,
+                        threads=config.threads, rules=asdict(rules), pool_path=base["pool"],
+                        options=config.target_options.get(target_key, {}), target_entry=_entry_string(target_key))
+        result = run_isolated(spec, work / tag, config.timeout_s)
+        if result.get("status") != "ok":
+            raise RuntimeError(f"latency probe on {target_key} failed: {result.get('error')}")
+        return float(result["p50_ms"])
+    return probe
+
+
+def _entry_string(key: str) -> str | None:
+    entry = TARGETS.entry(key)
+    return entry if isinstance(entry, str) else None
+
+
+def _artifact_json(art: Artifact) -> dict[str, Any]:
+    return {"name": art.name, "input_shape": list(art.input_shape),
+            "onnx_path": str(art.onnx_path) if art.onnx_path else None,
+            "torch_path": str(art.torch_path) if art.torch_path else None}
+
+
+# ----------------------------------------------------------------------------- measure
+def run_measure(config: SweepConfig, job: MeasureJob, record: dict[str, Any], base: dict[str, Any],
+                batch: int, isolated: bool, workdir: str) -> dict[str, Any]:
+    """One cell: compile ``record``'s artifact on ``job.target``, accuracy and parity against the
+    reference logits, the timed loop. Returns the cell's fields plus measure_start/measure_end
+    (epoch seconds, on the node that ran it) and the backend's graph-survival columns."""
+    target = get_target(job.target)
+    art = Artifact(name=Path(record["torch_path"]).stem, input_shape=tuple(np.load(base["pool"], mmap_mode="r").shape[1:]),
+                   onnx_path=Path(record["onnx_path"]) if record.get("onnx_path") else None,
+                   torch_path=Path(record["torch_path"]))
+    spec = CellSpec(target=job.target, artifact=_artifact_json(art), scenario=job.scenario, batch=batch,
+                    threads=config.threads, rules=asdict(config.timing_rules), pool_path=base["pool"],
+                    eval_x_path=base["eval_x"], eval_y_path=base["eval_y"], ref_logits_path=record["ref_path"],
+                    options=config.target_options.get(job.target, {}), target_entry=_entry_string(job.target),
+                    graph_facts=record.get("check_facts") is not None)
+    start = time.time()
+    if isolated:
+        result = run_isolated(spec, Path(workdir) / job.key, config.timeout_s)
+    else:
+        try:
+            result = {"status": "ok", **run_cell(spec)}
+        except Exception as exc:  # the inline executor: the same error row a cell process would give
+            result = {"status": "error", "error": f"{type(exc).__name__}: {first_line(exc, 400)}"}
+    result.pop("traceback", None)
+    end = time.time()
+    if result.get("status") != "ok" or "node" not in result:
+        from harness.provenance import host_machine
+
+        result = {**host_machine(), **result}  # a dead cell still names the node it died on
+    facts = result.pop("graph_facts", None)
+    if facts is not None and record.get("check_facts"):
+        module, _, name = record["check_facts"].partition(":")
+        result.update(getattr(importlib.import_module(module), name)(job.target, facts))
+    phases = result.setdefault("phases", {})
+    # what is neither compiling, evaluating nor timing: process start, imports, loading arrays
+    phases["cell start-up"] = max(0.0, end - start - sum(phases.values()))
+    result.update({"measure_start": start, "measure_end": end})
+    return result

@@ -1,0 +1,230 @@
+"""The sweep loop: plan, then hand jobs to an executor and write every result to the store.
+
+The driver submits baseline jobs, then per finished baseline its compress jobs, then per finished
+compress job its measure jobs (or, for a budget compressed in an earlier run, its missing measure
+jobs straight from the variants the store remembers). It alone writes the store, the moment each
+result arrives, so a killed sweep loses nothing and a re-run runs only what is missing.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import provenance
+from harness.engine.config import SweepConfig
+from harness.engine.executors import Done, Executor, Task, make_executor
+from harness.engine.jobs import run_baseline, run_compress, run_measure
+from harness.engine.plan import CompressJob, MeasureJob, Plan, plan_sweep
+from harness.engine.profile import Progress
+from harness.engine.report import publish
+from harness.engine.rows import knob_text
+from harness.engine.store import Store
+from harness.macs import CONVENTION
+from harness.timing import PERCENTILE_RULE
+from harness.train import recipe_dict
+from methods import get_method
+from targets import Target, get_target
+from targets.base import CAPABILITIES
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def skip_reason(target: Target, requires: list[str], why: str) -> str | None:
+    """Why a deployable requiring ``requires`` cannot run on ``target``, or None."""
+    missing = target.lacks(set(requires))
+    if not missing:
+        return None
+    needs = "; ".join(f"{c} ({CAPABILITIES.get(c, c)})" for c in missing)
+    return f"needs {needs}, which {target.key} does not have" + (f": {why}" if why else "")
+
+
+class Sweep:
+    """Runs a validated Plan through an executor, writing rows to the store as jobs finish."""
+
+    def __init__(self, plan: Plan, executor: Executor):
+        self.plan, self.cfg, self.executor = plan, plan.config, executor
+        self.store = Store(self.cfg.out / "results.sqlite")
+        self.started = provenance.now()
+        self.t_start = time.time()
+        self.targets = {t.key: t for t in plan.targets}
+        self.bases: dict[str, dict[str, Any]] = {}
+        self.needs_onnx = any(t.needs == "onnx" for t in plan.targets)
+        self.progress = Progress(log)
+
+    # ----------------------------------------------------------------- rows
+    def _base_row(self, job: CompressJob | MeasureJob, target: str, scenario: str) -> dict[str, Any]:
+        cfg, data = self.cfg, self.plan.data[job.model]
+        base = self.bases.get(job.model, {})
+        method = get_method(job.method)
+        knob, budget = knob_text(job.knobs)
+        tgt = self.targets[target]
+        return {
+            "model": job.model, "data": data.spec, "synthetic": data.synthetic, "method": job.method,
+            "produces": method.produces, "knob": knob, "budget": budget, "variant": "default", "target": target,
+            "device": tgt.device, "scenario": scenario,
+            "target_options": json.dumps(cfg.target_options.get(target, {}), sort_keys=True),
+            "batch": self.plan.batch(scenario), "status": "ok", "error": "", "threads": cfg.threads,
+            "preset": cfg.preset, "percentile_rule": PERCENTILE_RULE, "macs_convention": CONVENTION,
+            "baseline_source": base.get("source", ""), "baseline_key": self.plan.baselines[job.model].key,
+            "recipe": json.dumps(recipe_dict(cfg.baseline_recipe)), "seed": cfg.seed,
+            "data_hash": data.content_hash, "train_n": data.train_n, "git_rev": provenance.git_revision(),
+            "started": self.started, "versions": json.dumps(provenance.package_versions()),
+        }
+
+    def _put(self, key: str, row: dict[str, Any]) -> None:
+        row["written"] = provenance.now()
+        self.store.put(key, row)
+        self.progress.cell(row)
+
+    def _artifact_column(self, path: str | None) -> str:
+        if not path:
+            return ""
+        p = Path(path)
+        try:
+            return str(p.relative_to(self.cfg.out))
+        except ValueError:
+            return str(p)
+
+    # ----------------------------------------------------------------- submitting
+    def _submit_baseline(self, model: str) -> None:
+        job = self.plan.baselines[model]
+        self.executor.submit(Task("baseline", run_baseline, (self.cfg, job), f"baseline {model}", context=job,
+                                  cpus=self.cfg.threads))
+
+    def _submit_compress(self, job: CompressJob) -> None:
+        measure = self.plan.measure_jobs(job, list(self.store.variants(job.key)))
+        budget = self.store.budget(job.key) or {}
+        if budget.get("status") == "ok" and measure:
+            finished = self.store.finished_keys()
+            if all(m.key in finished for m in measure):
+                log(f"  {job.label}: all cells finished earlier, skipped")
+                return
+            self._submit_measures(job, self.store.variants(job.key))  # compressed earlier: measure only
+            return
+        self.executor.submit(Task("compress", run_compress, (self.cfg, job, self.bases[job.model], self.needs_onnx),
+                                  job.label, context=job, cpus=self.cfg.threads))
+
+    def _submit_measures(self, job: CompressJob, variants: dict[str, dict[str, Any]]) -> None:
+        finished = self.store.finished_keys()
+        for mjob in self.plan.measure_jobs(job, list(variants)):
+            if mjob.key in finished:
+                continue
+            record, target = variants[mjob.variant], self.targets[mjob.target]
+            row = self._row(mjob, record)
+            reason = record.get("error") or skip_reason(target, record.get("requires", []), record.get("requires_why", ""))
+            if reason:  # a failed export or a capability the target lacks: a row, no cell
+                self._put(mjob.key, {**row, "status": "error" if record.get("error") else "skipped", "error": reason})
+                continue
+            args = (self.cfg, mjob, record, self.bases[job.model], self.plan.batch(mjob.scenario),
+                    self.executor.isolated, str(self.cfg.artifact_dir / "cells"))
+            self.executor.submit(Task("measure", run_measure, args, f"{mjob.variant} {mjob.target} {mjob.scenario}",
+                                      context=(mjob, row), cpus=self.cfg.threads, exclusive=True,
+                                      resources=dict(target.resources), timeout_s=self.cfg.timeout_s + 60))
+
+    def _row(self, mjob: MeasureJob, record: dict[str, Any]) -> dict[str, Any]:
+        row = {**self._base_row(mjob, mjob.target, mjob.scenario), **record.get("shared", {})}
+        target = self.targets[mjob.target]
+        path = record.get("onnx_path") if target.needs == "onnx" else record.get("torch_path")
+        row["artifact"] = self._artifact_column(path)
+        row["artifact_sha256"] = record.get("onnx_sha256" if target.needs == "onnx" else "torch_sha256") or ""
+        return row
+
+    # ----------------------------------------------------------------- finished tasks
+    def _on_baseline(self, done: Done) -> None:
+        job = done.task.context
+        if done.error:
+            raise RuntimeError(f"baseline {job.model} failed: {done.error}")
+        self.bases[job.model] = done.result
+        for phase, seconds in done.result["phases"].items():
+            self.store.add_phase(job.key, "baseline" if phase == "baseline" else "arrays",
+                                 job.model if phase == "baseline" else phase, seconds)
+        self.progress.phase(f"[{job.model}] baseline ready ({done.result['source']})")
+        for cjob in self.plan.compress:
+            if cjob.model == job.model:
+                self._submit_compress(cjob)
+
+    def _on_compress(self, done: Done) -> None:
+        job: CompressJob = done.task.context
+        result = done.result if not done.error else {"status": "error", "error": f"compress job failed: {done.error}",
+                                                     "variants": {}, "phases": {}}
+        for phase, seconds in result.get("phases", {}).items():
+            self.store.add_phase(job.key, "compress" if phase == "compress" else phase,
+                                 job.method if phase == "compress" else job.method, seconds)
+        if result["status"] != "ok":
+            for mjob in self.plan.measure_jobs(job, ["default"]):
+                self._put(mjob.key, {**self._base_row(mjob, mjob.target, mjob.scenario), "status": "error",
+                                     "error": result["error"]})
+            return
+        self.store.put_budget(job.key, {"status": "ok", "variants": list(result["variants"])}, result["variants"])
+        self.progress.phase(f"  {job.label}: compressed ({', '.join(result['variants'])})")
+        self._submit_measures(job, result["variants"])
+
+    def _on_measure(self, done: Done) -> None:
+        mjob, row = done.task.context
+        result = done.result if not done.error else {"status": "error", "error": f"measure job failed: {done.error}"}
+        session = result.pop("session", {}) or {}
+        versions = result.pop("runtime_versions", {})
+        phases = result.pop("phases", {})
+        for phase, seconds in phases.items():
+            self.store.add_phase(mjob.key, "cell-phase", phase, seconds)
+        if "measure_start" in result:
+            self.store.add_phase(mjob.key, "cell", f"{mjob.target}:{mjob.scenario}",
+                                 result["measure_end"] - result["measure_start"])
+        self._put(mjob.key, {**row, **result, "precision": session.get("precision", ""),
+                             "tune_s": session.get("tune_s"), "session": json.dumps(session),
+                             "runtime_versions": json.dumps(versions)})
+
+    # ----------------------------------------------------------------- the loop
+    def run(self) -> list[dict[str, Any]]:
+        handlers = {"baseline": self._on_baseline, "compress": self._on_compress, "measure": self._on_measure}
+        self.executor.start(self.cfg.threads)
+        try:
+            for model in self.cfg.models:
+                self._submit_baseline(model)
+            while self.executor.pending():
+                done = self.executor.next_done()
+                handlers[done.task.kind](done)
+        except KeyboardInterrupt:
+            publish(self.cfg.out, self.store.rows())  # the tables hold every row kept so far
+            raise
+        finally:
+            self.executor.close()
+        rows = self.store.rows()
+        publish(self.cfg.out, rows)
+        return rows
+
+
+def dry_run(config: SweepConfig) -> list[str]:
+    """The plan's summary lines: jobs per kind, what is already done, the time left."""
+    from harness.engine.jobs import _baseline_folder
+    from harness.engine.plan import summarize_plan
+
+    plan = plan_sweep(config)
+    path = config.out / "results.sqlite"
+    store = Store(path if path.exists() else Path(":memory:"))
+    try:
+        return summarize_plan(plan, store, _baseline_folder(config)).lines
+    finally:
+        store.close()
+
+
+def run_sweep(config: SweepConfig) -> list[dict[str, Any]]:
+    """Validate, plan and run a sweep; rows are stored under ``config.out`` and published there."""
+    import torch
+
+    plan = plan_sweep(config)
+    torch.set_num_threads(config.threads)
+    for key, reason in plan.skipped_targets.items():
+        log(f"target {key} left out: {reason}")
+    sweep = Sweep(plan, make_executor(config.executor))
+    try:
+        rows = sweep.run()
+        log(sweep.progress.breakdown(sweep.store.phases_since(sweep.t_start), time.time() - sweep.t_start))
+        return rows
+    finally:
+        sweep.store.close()
