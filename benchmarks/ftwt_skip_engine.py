@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from methods.ftwt import skip as new_skip  # noqa: E402
-from methods.ftwt.gating import measure_macs  # noqa: E402
+from methods.ftwt.cost import measure_macs  # noqa: E402
 
 
 def _old_engine(rev: str):

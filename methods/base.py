@@ -7,6 +7,7 @@ deployables; the harness exports, deploys and measures them. Nothing here import
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from torch import nn
 
 from harness.errors import UserError
 from harness.knobs import Knob
+from methods.recipes import preset_recipe
 
 PRODUCES = ("dense", "smaller", "masked", "dynamic")
 
@@ -76,6 +78,19 @@ class Method(ABC):
     # in the method's details table; the CSV always has every column.
     report_columns: tuple[str, ...] = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # ``apply`` always receives typed settings, whoever calls it (the sweep, ``inspect``, a
+        # test): every knob with a default is filled in, so no method writes
+        # ``knobs.get(name, default)``. ``settings`` is idempotent, so a caller that already
+        # filled them in (the engine) loses nothing.
+        super().__init_subclass__(**kwargs)
+        apply = cls.__dict__.get("apply")
+        if apply is not None and not getattr(apply, "__abstractmethod__", False):
+            @functools.wraps(apply)
+            def with_settings(self: "Method", ctx: "MethodContext", knobs: Mapping[str, Any]) -> Compressed:
+                return apply(self, ctx, self.settings(knobs))
+            cls.apply = with_settings  # type: ignore[method-assign]
+
     def knob(self, name: str) -> Knob:
         for k in self.knobs:
             if k.name == name:
@@ -123,10 +138,14 @@ class Method(ABC):
 class MethodContext:
     """Everything a method may use: the trained baseline copy, data, recipe and helpers.
 
+    recipe: the baseline's recipe, already scaled by the preset (a method's own fine-tune comes
+        from ``finetune_recipe``).
     structure_only: True for ``harness inspect``: produce the compressed architecture without
         any training (costs and sizes only).
     measure_latency: callable(model, target_key) -> p50 ms on that target, for methods with a
         latency budget; None when unavailable.
+    family: the model family (``harness.models.FAMILIES``); derived from the model registry
+        when not given (None for a model the registry does not know, e.g. a test's own net).
     """
 
     model_name: str
@@ -139,3 +158,71 @@ class MethodContext:
     structure_only: bool = False
     measure_latency: Callable[[nn.Module, str], float] | None = None
     log: Callable[[str], None] = print
+    family: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            from harness.models import MODELS
+
+            if self.model_name in MODELS:
+                self.family = MODELS.get(self.model_name).family
+
+    def finetune_recipe(self, shape: Any, *, paper_steps: int, kind: str = "finetune",
+                        small_data: Mapping[str, Any] | None = None) -> Any:
+        """``shape`` (a TrainRecipe whose length is ignored) sized for this preset: see
+        ``methods.recipes.preset_recipe``, the one place the presets' step counts live."""
+        return preset_recipe(shape, self.preset, paper_steps=paper_steps, kind=kind, small_data=small_data)
+
+    def cached(self, name: str, key_parts: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, stored under ``workdir/name/<hash of key_parts>.pt`` and loaded from
+        there when present, so every budget of a sweep (and a resumed sweep) computes it once.
+
+        ``key_parts`` must hold everything the value depends on; modules and tensors in it are
+        hashed by content (weights), everything else by ``repr``. The value must be loadable with
+        ``weights_only=True`` (tensors, numbers, strings and containers of them)."""
+        import torch
+
+        path = Path(self.workdir) / name / f"{content_digest(key_parts)}.pt"
+        if path.exists():
+            self.log(f"    {name} reused from {path.name}")
+            return torch.load(path, weights_only=True)
+        value = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(value, tmp)
+        tmp.replace(path)  # atomic: a killed run never leaves half a value behind
+        return value
+
+
+def content_digest(parts: Any) -> str:
+    """A 20-hex-digit hash of ``parts``: modules by their state dict, tensors by their bytes,
+    mappings and sequences element-wise, anything else by ``repr``."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    _feed(digest, parts)
+    return digest.hexdigest()[:20]
+
+
+def _feed(digest: Any, obj: Any) -> None:
+    import torch
+
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        digest.update(b"{")
+        for k, v in obj.items():
+            digest.update(repr(k).encode())
+            _feed(digest, v)
+        digest.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        digest.update(b"[")
+        for v in obj:
+            _feed(digest, v)
+        digest.update(b"]")
+    else:
+        digest.update(repr(obj).encode())

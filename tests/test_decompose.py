@@ -187,13 +187,13 @@ def test_reconstruction_is_exact(decomp, layers):
 
 # ----------------------------------------------------------------------------- schedule hand-over
 def test_schedule_hand_over_keeps_the_learning_rate_curve():
-    """Dense 1 epoch, decomposed 2, reconstructed 1: every phase has a new optimizer over the
+    """Dense 1 step, decomposed 2, reconstructed 1: every phase has a new optimizer over the
     network it trains, and the lrs are those of one uninterrupted multistep schedule."""
     from harness.data import load_data
     from methods.decompose.schedule import train_decomposed
 
     data = load_data("synthetic:32", input_size=32)
-    recipe = TrainRecipe(epochs=4, batch_size=16, schedule="multistep", milestones=(0.5, 0.75))
+    recipe = TrainRecipe(steps=4, batch_size=16, schedule="multistep", milestones=(0.5, 0.75))
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=data.num_classes)
     params_seen = []
@@ -207,9 +207,10 @@ def test_schedule_hand_over_keeps_the_learning_rate_curve():
         return reconstruct_model(m, (3, 32, 32))
 
     run = train_decomposed(model, data, recipe, seed=0, decompose_at=1, decompose=decompose, reconstruct_at=3,
-                           reconstruct=reconstruct, progress=False, max_batches=1)
-    assert run.phase == ["dense", "decomposed", "decomposed", "reconstructed"]
-    assert run.lrs == [recipe.lr_at(e) for e in range(4)] == [0.1, 0.1, 0.010000000000000002, 0.0010000000000000002]
+                           reconstruct=reconstruct, progress=False)
+    assert run.phases == ["dense", "decomposed", "reconstructed"]
+    assert run.phase_steps == {"dense": 1, "decomposed": 2, "reconstructed": 1}
+    assert run.lrs == [recipe.lr_at(k) for k in range(4)] == [0.1, 0.1, 0.010000000000000002, 0.0010000000000000002]
     assert len(run.optimizers) == 3
     opt_params = [{id(p) for g in o.param_groups for p in g["params"]} for o in run.optimizers]
     # each optimizer holds exactly the parameters of the network its phase trained
@@ -218,14 +219,15 @@ def test_schedule_hand_over_keeps_the_learning_rate_curve():
     assert opt_params[2] == {id(p) for p in model.parameters()}  # the folded one
     assert isinstance(run.snapshot.layer1[0].conv2, factors.TuckerConv)
     assert type(model.layer1[0].conv2) is nn.Conv2d  # finished in the original architecture
-    assert run.train_s >= run.decomp_s + sum(run.epoch_s) - 1e-9
+    assert run.train_s >= run.decomp_s + sum(run.phase_s.values()) - 1e-9
+    assert run.step_s("decomposed") == pytest.approx(run.phase_s["decomposed"] / 2)
 
 
 # ----------------------------------------------------------------------------- the method
 def test_apply_trains_both_schedules_and_checks_the_graph(tmp_path, monkeypatch):
-    """One apply() on digits (a 256-image training subset, so each epoch is 2 steps) with a 2-epoch
-    schedule: dense-schedule and decomposed variants, the comparison columns, LR continuity, and
-    the exported graph keeps the thin chains."""
+    """One apply() on digits (a 256-image training subset) with a 4-step schedule, decomposed after
+    2: dense-schedule and decomposed variants, the comparison columns, LR continuity, the recipe
+    columns, and the exported graph keeps the thin chains."""
     import dataclasses
 
     from harness.data import load_data
@@ -234,18 +236,19 @@ def test_apply_trains_both_schedules_and_checks_the_graph(tmp_path, monkeypatch)
     from methods.base import MethodContext
     from methods.decompose import Decompose, schedule
 
-    tiny = schedule.DecomposeRecipe(TrainRecipe(epochs=2, batch_size=128, schedule="multistep", weight_decay=1e-4),
-                                    decompose_at=1, post=TrainRecipe(epochs=1, lr=1e-3, schedule="constant"))
-    monkeypatch.setitem(schedule.RECIPES, "quick", tiny)
+    tiny = schedule.DecomposeRecipe(TrainRecipe(steps=4, batch_size=128, schedule="multistep", weight_decay=1e-4),
+                                    decompose_at=0.5, post=TrainRecipe(steps=2, lr=1e-3, schedule="constant"))
+    monkeypatch.setattr(schedule, "recipe_for", lambda ctx: tiny)
     full = load_data("digits")
     data = dataclasses.replace(full, train=torch.utils.data.Subset(full.train, range(256)))
     ctx = MethodContext(model_name="resnet20", model=None, data=data, recipe=BASELINE_RECIPES["quick"], seed=0,
                         workdir=tmp_path, preset="quick", log=lambda m: None)
-    out = Decompose().apply(ctx, {"ratio": 0.5, "layers": "conv2"})
+    out = Decompose().apply(ctx, Decompose().settings({"ratio": 0.5, "layers": "conv2"}))
     deps = {d.variant: d for d in out.deployables}
     assert set(deps) == {"default", "dense-schedule"}
     e = out.extra
     assert e["decompose_layers"] == 9 and e["decompose_lr_continuous"] is True
+    assert (e["finetune_steps"], e["decompose_at_step"]) == (4, 2)
     assert e["decompose_train_speedup"] == pytest.approx(e["decompose_dense_train_s"] / e["decompose_train_s"])
     assert out.train_s == e["decompose_train_s"] > e["decompose_decomp_s"] > 0
     assert 0 <= e["decompose_dense_top1"] <= 100 and e["decompose_step_speedup"] > 0
@@ -255,6 +258,6 @@ def test_apply_trains_both_schedules_and_checks_the_graph(tmp_path, monkeypatch)
     graph = deps["default"].check_graph(path)
     assert graph["decompose_graph_ok"] is True and graph["decompose_graph_thin_convs"] == 27
     # a second budget reuses the dense run of the same schedule instead of training it again
-    again = Decompose().apply(ctx, {"ratio": 0.25, "layers": "conv2"})
+    again = Decompose().apply(ctx, Decompose().settings({"ratio": 0.25, "layers": "conv2"}))
     assert again.extra["decompose_dense_source"] == "this sweep"
     assert again.extra["decompose_dense_train_s"] == e["decompose_dense_train_s"]

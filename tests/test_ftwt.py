@@ -15,9 +15,12 @@ from harness.models.cifar_resnet import CifarResNet
 from harness.models.cifar_vgg import CifarVGG
 from harness.train import TrainRecipe, _set_lr
 from methods import MethodContext, get_method
-from methods.ftwt import RECIPES, FixedLrSGD
-from methods.ftwt.gating import (CostEntry, CostSpec, _threshold, calibrate, estimate_curve, ground_truth,
-                                 mask_loss, measure_macs, r_for_macs, wrap)
+import methods.ftwt as ftwt_method
+from methods.ftwt import FixedLrSGD
+from methods.ftwt.calibration import calibrate
+from methods.ftwt.cost import CostEntry, CostSpec, estimate_curve, measure_macs, r_for_macs
+from methods.ftwt.gating import _threshold, ground_truth, mask_loss
+from methods.ftwt.wiring import wrap
 from methods.ftwt.skip import build_skip, check_skip_graph, export_skip_onnx
 
 
@@ -61,7 +64,7 @@ def test_skipping_matches_masked_dense(family):
     torch.manual_seed(0)
     model = CifarResNet(20) if family == "resnet" else CifarVGG([16, "M", 32, "M", 32, 32, "M", "M", "M"])
     _randomise_bn(model)
-    net = wrap(model, (3, 32, 32)).eval()
+    net = wrap(model, (3, 32, 32), family="resnet_cifar" if isinstance(model, CifarResNet) else "vgg_cifar").eval()
     # an empty selection somewhere (all filters off for every input) exercises the bias-only path
     net.units[3].predictor.bias.data.fill_(-100.0)
     skip = build_skip(net)
@@ -80,7 +83,7 @@ def test_cost_accounting_hand_computed():
     # keep a fixed number of filters per layer, whatever the input.
     torch.manual_seed(0)
     model = CifarResNet(8)
-    net = wrap(model, (3, 8, 8)).eval()
+    net = wrap(model, (3, 8, 8), family="resnet_cifar").eval()
     kept = [8, 4, 2, 10, 5, 20, 7]  # stem, l1.c1, l1.c2, l2.c1, l2.c2, l3.c1, l3.c2
     for u, k in zip(net.units, kept):
         u.predictor.weight.data.zero_()
@@ -116,7 +119,7 @@ def test_cost_depthwise_rule():
 
 def test_estimate_curve_monotone_and_picks_r():
     torch.manual_seed(0)
-    net = wrap(CifarResNet(8), (3, 16, 16))
+    net = wrap(CifarResNet(8), (3, 16, 16), family="resnet_cifar")
     rs = np.array([0.5, 0.7, 0.9, 1.0])
     curve = estimate_curve(net, torch.randn(16, 3, 16, 16), rs)
     assert np.all(np.diff(curve) >= 0) and 0 < curve[0] < curve[-1] <= 1.0
@@ -138,7 +141,7 @@ def test_calibration_matches_ground_truth_keep_rate():
     torch.manual_seed(0)
     model = CifarResNet(8)
     _randomise_bn(model)
-    net = wrap(model, (3, 16, 16)).set(r=0.7)
+    net = wrap(model, (3, 16, 16), family="resnet_cifar").set(r=0.7)
     for u in net.units:  # an "unsure" predictor that keeps everything
         u.predictor.bias.data.fill_(5.0)
     x = torch.randn(40, 3, 16, 16)
@@ -160,7 +163,7 @@ def test_calibration_matches_ground_truth_keep_rate():
 
 
 def test_predictor_group_keeps_fixed_lr_and_mask_loss():
-    net = wrap(CifarResNet(8), (3, 8, 8))
+    net = wrap(CifarResNet(8), (3, 8, 8), family="resnet_cifar")
     pred = [p for u in net.units for p in u.predictor.parameters()]
     ids = {id(p) for p in pred}
     opt = FixedLrSGD([{"params": [p for p in net.parameters() if id(p) not in ids]},
@@ -179,7 +182,7 @@ def test_predictor_group_keeps_fixed_lr_and_mask_loss():
 
 
 def test_apply_trains_and_reports(monkeypatch, tmp_path):
-    monkeypatch.setitem(RECIPES, "quick", TrainRecipe(epochs=2, lr=0.01, batch_size=8))
+    monkeypatch.setattr(ftwt_method, "recipe_for", lambda ctx: TrainRecipe(steps=4, lr=0.01, batch_size=8))
     torch.manual_seed(0)
     data = load_data("synthetic:16", input_size=32)
     model = CifarResNet(20)
@@ -187,7 +190,7 @@ def test_apply_trains_and_reports(monkeypatch, tmp_path):
     ctx = MethodContext(model_name="resnet20", model=model, data=data, recipe=None, seed=0,
                         workdir=tmp_path, preset="quick", log=lambda m: None)
     method = get_method("ftwt")
-    out = method.apply(ctx, {"macs": 0.6, "mode": "decoupled", "pool": "max", "cooldown": 0.5})
+    out = method.apply(ctx, method.settings({"macs": 0.6, "mode": "decoupled", "pool": "max", "cooldown": 0.5}))
     variants = {d.variant: d for d in out.deployables}
     assert set(variants) == {"default", "skip-all", "masked"} and out.train_s > 0
     extra = variants["default"].extra
@@ -208,6 +211,21 @@ def test_apply_trains_and_reports(monkeypatch, tmp_path):
         assert (variants["skip-all"].model(x[:1]) - dense[:1]).abs().max() < 1e-4
         assert (variants["skip-all"].model(x) - dense).abs().max() < 1e-4
     assert len(variants["masked"].model.units) == 19  # stem + 2 per block of ResNet-20
+    assert (extra["finetune_steps"], extra["finetune_batch"]) == (4, 8)
+
+
+def test_wiring_comes_from_the_registered_family():
+    """The context gives the family from the model registry; a family without wiring is a
+    one-line UserError, never a guess from module names."""
+    from harness.errors import UserError
+
+    ctx = MethodContext(model_name="vgg16_bn", model=None, data=None, recipe=None, seed=0, workdir=".")
+    assert ctx.family == "vgg_cifar"
+    assert MethodContext(model_name="tiny", model=None, data=None, recipe=None, seed=0, workdir=".").family is None
+    net = wrap(CifarResNet(8), (3, 8, 8), family="resnet_cifar")
+    assert net.family == "resnet_cifar" and len(net.units) == 7
+    with pytest.raises(UserError, match="no predictor wiring"):
+        wrap(CifarResNet(8), (3, 8, 8), family="vgg_imagenet")
 
 
 def test_onnx_selection_in_graph_matches_torch(tmp_path):
@@ -217,7 +235,7 @@ def test_onnx_selection_in_graph_matches_torch(tmp_path):
     torch.manual_seed(0)
     model = CifarResNet(8)
     _randomise_bn(model)
-    net = wrap(model, (3, 32, 32)).eval()
+    net = wrap(model, (3, 32, 32), family="resnet_cifar").eval()
     net.units[2].predictor.bias.data.fill_(-100.0)  # a layer that never selects anything
     skip = build_skip(net)
     path = export_skip_onnx(skip, tmp_path / "skip.onnx", (3, 32, 32))

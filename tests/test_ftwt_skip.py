@@ -12,7 +12,8 @@ from torch.nn import functional as F
 from harness.models.cifar_resnet import CifarResNet
 from harness.models.cifar_vgg import CifarVGG
 from methods.ftwt import skip
-from methods.ftwt.gating import measure_macs, wrap
+from methods.ftwt.cost import measure_macs
+from methods.ftwt.wiring import wrap
 
 
 @pytest.mark.parametrize("c_in,c_out,hw,stride", [
@@ -58,7 +59,7 @@ def test_vgg_every_kernel_matches_masked(monkeypatch, nnpack):
     torch.manual_seed(1)
     model = CifarVGG([12, 12, "M", 16, "M", "M", 16, "M", 16, "M"])
     _randomise_bn(model)
-    net = wrap(model, (3, 32, 32)).eval()
+    net = wrap(model, (3, 32, 32), family="vgg_cifar").eval()
     for u in net.units:  # keep roughly half of the filters
         u.predictor.bias.data -= u.predictor.bias.data.mean() + 0.02
     sk = skip.build_skip(net)
@@ -81,7 +82,7 @@ def test_resnet_single_matches_masked_with_dead_layer():
     torch.manual_seed(2)
     model = CifarResNet(8)
     _randomise_bn(model)
-    net = wrap(model, (3, 32, 32)).eval()
+    net = wrap(model, (3, 32, 32), family="resnet_cifar").eval()
     net.units[1].predictor.bias.data.fill_(-100.0)  # conv1 of block 1 never selects anything
     sk = skip.build_skip(net)
     x = torch.randn(4, 3, 32, 32)
@@ -94,7 +95,7 @@ def test_resnet_single_matches_masked_with_dead_layer():
 def test_unpickles_modules_of_the_previous_engine():
     # sweep artifacts pickled before neg_pb existed must still load and run
     torch.manual_seed(3)
-    net = wrap(CifarResNet(8), (3, 32, 32)).eval()
+    net = wrap(CifarResNet(8), (3, 32, 32), family="resnet_cifar").eval()
     sk = skip.build_skip(net)
     for m in sk.modules():
         if isinstance(m, skip.SkipConv):

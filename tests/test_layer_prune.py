@@ -13,12 +13,13 @@ from harness.errors import UserError
 from harness.export import export_onnx
 from harness.macs import count_cost
 from harness.models import build_model, removable_units
-from methods.filter_prune import CriterionImportance, FilterPrune, prune_ratio, prune_to_macs
+from methods.filter_prune import FilterPrune
+from methods.pruning.channels import CriterionImportance, prune_ratio, prune_to_macs
 from methods.layer_prune import LayerPrune, parse_layers
-from methods.layer_prune import criteria as crit
+from methods.pruning import criteria as crit
 from methods.layer_prune import latency as lat
-from methods.layer_prune.graph import fewer_convs_check, narrower_convs_check
-from methods.layer_prune.surgery import removed_copy, signatures
+from methods.pruning.graph import fewer_convs_check, narrower_convs_check
+from methods.pruning.units import removed_copy, signatures
 
 
 # ----------------------------------------------------------------------------- criteria by hand
@@ -288,7 +289,8 @@ def test_latency_form_without_probe_uses_macs_proxy(tmp_path) -> None:
     ctx = MethodContext(model_name="resnet20", model=build_model("resnet20"), data=data,
                         recipe=BASELINE_RECIPES["quick"], seed=0, workdir=tmp_path, preset="quick",
                         structure_only=True, log=lambda m: None)
-    out = LayerPrune().apply(ctx, {"latency": 0.6, "criterion": "bn-scale"})
+    lp = LayerPrune()
+    out = lp.apply(ctx, lp.settings({"latency": 0.6, "criterion": "bn-scale"}))
     extra = out.deployables[0].extra
     assert extra["layer_prune_latency_source"] == "macs-proxy"
     assert extra["latency_requested_macs"] == pytest.approx(0.6 * extra["latency_dense_macs"])
@@ -314,7 +316,7 @@ def test_knobs_and_budgets() -> None:
 def test_criteria_collected_once_per_baseline(tmp_path, monkeypatch) -> None:
     """Budgets of one sweep (and filter-prune) share one collection through the workdir cache."""
     from methods.base import MethodContext
-    from methods.layer_prune import collect_scores
+    from methods.pruning.scores import collect_scores
 
     x, y = _tiny_batch()
     calls = []
@@ -341,8 +343,8 @@ def test_sweep_end_to_end_pairs_layer_and_filter_pruning(tmp_path) -> None:
     """One sweep: the layer-pruned model and its filter-pruned twin at matched MACs, measured on
     a CPU target, with the graph-survival columns."""
     from conftest import FAST_RECIPE, FAST_TIMING, available_cpu_targets
-    from harness.config import SweepConfig
-    from harness.sweep import run_sweep
+    from harness.engine.config import SweepConfig
+    from harness.engine.sweep import run_sweep
 
     targets = [t for t in available_cpu_targets() if t == "ort-cpu"]
     if not targets:
@@ -359,3 +361,144 @@ def test_sweep_end_to_end_pairs_layer_and_filter_pruning(tmp_path) -> None:
     assert layer["layer_prune_units_removed"] == 2
     assert abs(twin["macs"] / layer["macs"] - 1) < 0.03  # matched MACs
     assert layer["p50_ms"] > 0 and twin["p50_ms"] > 0
+
+
+# ----------------------------------------------------------------------------- imprint by hand
+
+def test_imprint_pieces_by_hand() -> None:
+    # d = round(sqrt(512 / 128)) = 2: a 4x4 map of 128 channels pools to 2x2 blocks
+    a = torch.arange(16.0).view(1, 1, 4, 4).repeat(1, 128, 1, 1)
+    f = crit.imprint_features(a)
+    assert f.shape == (1, 512)
+    assert f[0, :4].tolist() == [2.5, 4.5, 10.5, 12.5]  # means of the 2x2 blocks
+    assert crit.imprint_features(torch.ones(3, 4, 1, 1)).shape == (3, 4)  # d capped by the map
+    # class 0 saw [3, 4] and [1, 0] (mean [2, 2]); class 1 saw [0, -2] (mean [0, -2]); class 2 none
+    sums = torch.tensor([[4.0, 4.0], [0.0, -2.0], [0.0, 0.0]])
+    w = crit.imprint_weights(sums, torch.tensor([2, 1, 0]))
+    s = 2 ** -0.5
+    assert torch.allclose(w, torch.tensor([[s, s], [0.0, -1.0], [0.0, 0.0]]))
+    # logits [1.41, -1, 0], [-3.54, 5, 0], [-0.35, 1.5, 0]: predictions 0, 1, 1
+    feats = torch.tensor([[1.0, 1.0], [0.0, -5.0], [1.0, -1.5]])
+    assert crit.imprint_correct(w, feats, torch.tensor([0, 1, 0])) == 2
+
+
+class TwoUnits(nn.Module):
+    """a = identity (keeps every feature), b = zeros (destroys them), then a fixed classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Identity()
+        self.b = _Zero()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.b(self.a(x)).flatten(1))
+
+
+class _Zero(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def test_imprint_criterion_hand_computed() -> None:
+    """10 training images, labels alternating 0/1, class 0 bright (+1) and class 1 dark (-1).
+    Held out: images 0 and 5 (every 5th), labels 0 and 1. Unit a (identity): imprinted accuracy
+    100% on its input and on its output -> gain 0. Unit b (zeros): 100% on its input; on its
+    output every logit is 0, argmax picks class 0 -> 50% -> gain -50. b is the least important."""
+    from harness.models import Unit
+
+    y = torch.tensor([i % 2 for i in range(10)])
+    x = torch.where(y.view(-1, 1, 1, 1) == 0, 1.0, -1.0) * torch.ones(10, 1, 2, 2)
+    units = [Unit("a", ("a",), ()), Unit("b", ("b",), ())]
+    got = crit.imprint(TwoUnits(), _bundle(x, y), units, batch_size=3, log=lambda m: None)
+    assert got["a"].item() == pytest.approx(0.0) and got["b"].item() == pytest.approx(-50.0)
+    scores = {crit.IMPRINT: got}
+    assert crit.unit_importance(scores, units, crit.IMPRINT).tolist() == pytest.approx([0.0, -50.0])
+    with pytest.raises(ValueError):
+        crit.filter_scores(scores, crit.IMPRINT)
+
+
+def test_layer_prune_with_imprint_removes_units(tmp_path) -> None:
+    from harness.data import load_data
+    from methods.base import MethodContext
+
+    data = load_data("synthetic:16", input_size=32)
+    ctx = MethodContext(model_name="resnet20", model=build_model("resnet20"), data=data, recipe=None, seed=0,
+                        workdir=tmp_path, preset="quick", structure_only=True, log=lambda m: None)
+    lp = LayerPrune()
+    out = lp.apply(ctx, lp.settings({"layers": "2", "criterion": "imprint"}))
+    assert out.deployables[0].extra["layer_prune_units_removed"] == 2
+    with pytest.raises(UserError):
+        lp.budgets({"criterion": ["imprint"], "pair": ["filter"]})
+    assert "imprint" not in FilterPrune().knob("criterion").choices
+
+
+# ----------------------------------------------------------------------------- the kit
+
+def test_layer_and_filter_prune_share_the_kit_without_importing_each_other() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "methods"
+    for pkg, other in (("layer_prune", "filter_prune"), ("filter_prune", "layer_prune"), ("pruning", None)):
+        for path in (root / pkg).glob("*.py"):
+            imported = {n.module for n in ast.walk(ast.parse(path.read_text()))
+                        if isinstance(n, ast.ImportFrom) and n.module}
+            bad = {m for m in imported if m.startswith("methods.") and not m.startswith(("methods.base",
+                   "methods.recipes", "methods.pruning", f"methods.{pkg}"))}
+            assert not bad, (path, bad)
+
+
+def test_pruning_ignored_layers_are_declared_per_family() -> None:
+    from harness.models import pruning_ignored_layers
+
+    r20 = build_model("resnet20")
+    ignored = pruning_ignored_layers(r20)
+    assert r20.fc in ignored and r20.conv1 in ignored
+    assert r20.layer1[0].conv1 not in ignored and r20.layer1[0].conv2 in ignored
+    vgg = build_model("vgg16_bn")
+    assert pruning_ignored_layers(vgg) == [vgg.classifier]
+    tiny = Tiny()  # no family declares it: the classifier only
+    assert pruning_ignored_layers(tiny) == [tiny.fc]
+
+
+def test_pair_and_filter_prune_get_one_finetune_budget(tmp_path) -> None:
+    """The layer-pruned network, its filter-pruned twin and filter-prune are fine-tuned with the
+    same recipe: the paper's shape (lr 1e-3, x0.1 at 1/3 and 2/3, wd 5e-4), the preset's steps."""
+    from methods.base import MethodContext
+    from methods.pruning.recipe import PAPER_STEPS, finetune_recipe
+
+    def ctx(preset):
+        return MethodContext(model_name="resnet20", model=None, data=None, recipe=None, seed=0, workdir=tmp_path,
+                             preset=preset)
+
+    quick, standard, paper = (finetune_recipe(ctx(p)) for p in ("quick", "standard", "publication"))
+    assert (quick.steps, standard.steps, paper.steps) == (120, 2000, PAPER_STEPS) == (120, 2000, 11730)
+    assert (quick.batch_size, paper.batch_size) == (32, 128)
+    for r in (quick, standard, paper):
+        assert (r.lr, r.momentum, r.weight_decay, r.schedule) == (1e-3, 0.9, 5e-4, "multistep")
+        assert r.milestone_steps() == (round(r.steps / 3), round(2 * r.steps / 3))
+    with pytest.raises(UserError):
+        finetune_recipe(ctx("nope"))
+
+
+def test_context_cache_computes_once_per_key(tmp_path) -> None:
+    from methods.base import MethodContext
+
+    ctx = MethodContext(model_name="tiny", model=None, data=None, recipe=None, seed=0, workdir=tmp_path,
+                        log=lambda m: None)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"v": torch.arange(3.0)}
+
+    a = ctx.cached("thing", [Tiny(), "data-hash", 0], compute)
+    b = ctx.cached("thing", [Tiny(), "data-hash", 0], compute)
+    assert len(calls) == 1 and torch.equal(a["v"], b["v"])
+    other = Tiny()
+    with torch.no_grad():
+        other.fc.bias.add_(1)
+    ctx.cached("thing", [other, "data-hash", 0], compute)  # other weights: another key
+    ctx.cached("thing", [Tiny(), "data-hash", 1], compute)  # another seed
+    assert len(calls) == 3 and len(list((tmp_path / "thing").glob("*.pt"))) == 3

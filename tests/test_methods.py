@@ -7,7 +7,7 @@ import torch
 
 from harness.data import load_data
 from harness.export import export_onnx
-from harness.inspection import inspect_model
+from harness.engine.inspection import inspect_model
 from harness.macs import count_cost
 from harness.models import build_model
 from harness.train import BASELINE_RECIPES
@@ -45,7 +45,7 @@ def test_apply_yields_runnable_exportable_models(method, model_name, tmp_path):
     data = load_data("synthetic:16", input_size=32)
     ctx = MethodContext(model_name=model_name, model=model, data=data, recipe=BASELINE_RECIPES["quick"],
                         seed=0, workdir=tmp_path, preset="quick", structure_only=True, log=lambda m: None)
-    out = method.apply(ctx, method.budgets()[0])
+    out = method.apply(ctx, method.settings(method.budgets()[0]))
     assert isinstance(out, Compressed) and out.deployables
     assert len({d.variant for d in out.deployables}) == len(out.deployables)
     for dep in out.deployables:

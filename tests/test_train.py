@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.baseline import get_baseline
+from harness.engine.baseline import get_baseline
 from harness.data import load_data
 from harness.models import build_model
+from harness.errors import UserError
 from harness.train import TrainRecipe, fit
 
 
@@ -21,51 +22,78 @@ def _model():
 
 
 def test_fit_is_seeded(digits):
-    recipe = TrainRecipe(epochs=1, batch_size=128)
+    recipe = TrainRecipe(steps=3, batch_size=128)
     a, b = _model(), _model()
-    fit(a, digits, recipe, seed=3, progress=False, max_batches=3)
-    fit(b, digits, recipe, seed=3, progress=False, max_batches=3)
+    fit(a, digits, recipe, seed=3, progress=False)
+    fit(b, digits, recipe, seed=3, progress=False)
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
 
 
-def test_killed_run_resumes_from_its_checkpoint(digits, tmp_path):
-    recipe = TrainRecipe(epochs=2, batch_size=128)
+def _same_weights(a, b) -> None:
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(pa.float(), pb.float(), atol=1e-6), name
+
+
+def test_run_sized_in_steps_takes_as_many_passes_as_needed(digits):
+    """digits at batch 512: 3 batches a pass (1,437 images), so 7 steps are 2 passes and a
+    third of one; the lr is set every step from the schedule."""
+    recipe = TrainRecipe(steps=7, batch_size=512, schedule="multistep", milestones=(0.5,), lr=0.1)
+    seen, passes = [], []
+    result = fit(_model(), digits, recipe, seed=0, progress=False,
+                 on_step_end=lambda s, m: seen.append(s), on_pass_end=lambda s, m: passes.append(s))
+    assert seen == list(range(1, 8)) and passes == [3, 6]
+    assert result.steps == 7 and len(result.pass_s) == 3 and result.train_s == pytest.approx(sum(result.pass_s))
+    assert result.final_lr == pytest.approx(0.01)
+    assert recipe.passes(len(digits.train)) == pytest.approx(7 / 3)
+
+
+def test_killed_run_resumes_mid_pass_with_the_weights_of_an_uninterrupted_run(digits, tmp_path):
+    recipe = TrainRecipe(steps=8, batch_size=512, schedule="cosine")  # 3 batches a pass
     straight = _model()
-    fit(straight, digits, recipe, seed=1, progress=False, max_batches=3)
+    fit(straight, digits, recipe, seed=1, progress=False)
 
     class Killed(Exception):
         pass
 
-    def kill_in_second_epoch(epoch, model):
-        if epoch == 1:
-            raise Killed  # before epoch 2's checkpoint is written
+    def kill_at_step_5(step, model):
+        if step == 5:
+            raise Killed  # inside the second pass, after step 4's checkpoint
 
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(Killed):
-        fit(_model(), digits, recipe, seed=1, checkpoint=ckpt, progress=False, max_batches=3,
-            on_epoch_end=kill_in_second_epoch)
-    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+        fit(_model(), digits, recipe, seed=1, checkpoint=ckpt, checkpoint_every=2, progress=False,
+            on_step_end=kill_at_step_5)
+    assert torch.load(ckpt, weights_only=True)["step"] == 4
     resumed = _model()
-    result = fit(resumed, digits, recipe, seed=1, checkpoint=ckpt, progress=False, max_batches=3)
-    assert len(result.epoch_s) == 2  # the first epoch's time is carried over, not re-run
-    for pa, pb in zip(straight.state_dict().values(), resumed.state_dict().values()):
-        assert torch.allclose(pa.float(), pb.float(), atol=1e-6)
+    steps_run = []
+    result = fit(resumed, digits, recipe, seed=1, checkpoint=ckpt, checkpoint_every=2, progress=False,
+                 on_step_end=lambda s, m: steps_run.append(s))
+    assert steps_run == [5, 6, 7, 8]  # steps 1-4 are not run again
+    assert len(result.pass_s) == 3 and result.train_s > 0  # earlier passes' times carried over
+    _same_weights(straight, resumed)
 
 
-def test_schedules():
-    cos = TrainRecipe(epochs=10, lr=0.1)
+def test_lr_at_step_and_milestones():
+    cos = TrainRecipe(steps=10, lr=0.1)
     assert cos.lr_at(0) == pytest.approx(0.1) and cos.lr_at(5) == pytest.approx(0.05)
     assert cos.lr_at(10) == pytest.approx(0.0, abs=1e-12)
-    ms = TrainRecipe(epochs=200, lr=0.1, schedule="multistep", milestones=(0.405, 0.61, 0.755))
+    ms = TrainRecipe(steps=200, lr=0.1, schedule="multistep", milestones=(0.405, 0.61, 0.755))
+    assert ms.milestone_steps() == (81, 122, 151)
     assert ms.lr_at(80) == pytest.approx(0.1) and ms.lr_at(81) == pytest.approx(0.01)
     assert ms.lr_at(151) == pytest.approx(1e-4)
-    step = TrainRecipe(epochs=30, lr=1e-3, schedule="step", step_size=10)
-    assert step.lr_at(9) == pytest.approx(1e-3) and step.lr_at(10) == pytest.approx(1e-4)
+    # LayerPrune's shape: x0.1 at 1/3 and 2/3 of the run
+    lp = TrainRecipe(steps=120, lr=1e-3, schedule="multistep", milestones=(1 / 3, 2 / 3))
+    assert [lp.lr_at(s) for s in (0, 39, 40, 79, 80, 119)] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
+    assert lp.describe() == "multistep x0.1 at 0.333,0.667"
+    with pytest.raises(UserError):
+        TrainRecipe(steps=10, milestones=(1.5,))
+    with pytest.raises(UserError):
+        TrainRecipe(schedule="step")
 
 
 def test_baseline_is_trained_once_then_cached(digits):
-    recipe = TrainRecipe(epochs=1, batch_size=256)
+    recipe = TrainRecipe(steps=3, batch_size=256)
     first = get_baseline("resnet20", digits, recipe, seed=0, progress=False)
     second = get_baseline("resnet20", digits, recipe, seed=0, progress=False)
     assert (first.source, second.source) == ("trained", "cache") and first.key == second.key
@@ -78,26 +106,37 @@ def test_baseline_is_trained_once_then_cached(digits):
 def test_user_checkpoint_is_used_instead_of_training(digits, tmp_path):
     path = tmp_path / "mine.pt"
     torch.save(_model().state_dict(), path)
-    base = get_baseline("resnet20", digits, TrainRecipe(epochs=1), seed=0, checkpoint=path, progress=False)
+    base = get_baseline("resnet20", digits, TrainRecipe(steps=1), seed=0, checkpoint=path, progress=False)
     assert base.source == f"checkpoint:{path}" and base.train_s == 0.0
 
 
-def test_fit_in_phases_continues_the_schedule():
-    """Two phases [0, 2) and [2, 4) with a fresh optimizer see the learning rates of one run."""
-    from harness.data import load_data
-    from harness.models import build_model
-    from harness.train import TrainRecipe, fit, make_sgd
+def test_fit_in_phases_continues_the_schedule(digits):
+    """Two phases [0, 5) and [5, 8) with a fresh optimizer each see the learning rates of one
+    run, step by step, and the second phase starts mid-pass on the batches one run would see."""
+    from harness.train import make_sgd
 
-    data = load_data("synthetic:32", input_size=32)
-    recipe = TrainRecipe(epochs=4, batch_size=16, schedule="cosine")
+    recipe = TrainRecipe(steps=8, batch_size=512, schedule="cosine")
     seen = []
-    model = build_model("resnet20", num_classes=data.num_classes)
-    for start, end in ((0, 2), (2, 4)):
+    model = _model()
+    results = []
+    for start, end in ((0, 5), (5, 8)):
         opt = make_sgd(model, recipe)
-        fit(model, data, recipe, seed=0, optimizer=opt, start_epoch=start, end_epoch=end, progress=False,
-            max_batches=1, on_epoch_end=lambda e, m, o=opt: seen.append((e, o.param_groups[0]["lr"])))
-    assert [e for e, _ in seen] == [0, 1, 2, 3]
-    assert [lr for _, lr in seen] == [recipe.lr_at(e) for e in range(4)]
+        results.append(fit(model, digits, recipe, seed=0, optimizer=opt, start_step=start, end_step=end,
+                           progress=False, on_step_end=lambda s, m, o=opt: seen.append((s, o.param_groups[0]["lr"]))))
+    assert [s for s, _ in seen] == list(range(1, 9))
+    assert [lr for _, lr in seen] == [recipe.lr_at(s) for s in range(8)]
+    assert [r.steps for r in results] == [5, 3] and results[1].start_step == 5
+    assert results[0].step_s > 0
+    # one optimizer over both phases = one uninterrupted run: same weights
+    one_opt = _model()
+    opt = make_sgd(one_opt, recipe)
+    for start, end in ((0, 5), (5, 8)):
+        fit(one_opt, digits, recipe, seed=0, optimizer=opt, start_step=start, end_step=end, progress=False)
+    straight = _model()
+    fit(straight, digits, recipe, seed=0, progress=False)
+    _same_weights(straight, one_opt)
+    with pytest.raises(ValueError):
+        fit(_model(), digits, recipe, seed=0, start_step=6, end_step=9, progress=False)
 
 
 def test_trace_calls_lists_modules_in_call_order_with_input_shapes():

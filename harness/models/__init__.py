@@ -23,7 +23,7 @@ from harness.models.units import Unit
 from harness.registry import Registry, import_string
 
 __all__ = ["ModelSpec", "MODELS", "FAMILIES", "Unit", "build_model", "model_spec", "load_checkpoint",
-           "removable_units"]
+           "removable_units", "pruning_ignored_layers"]
 
 FAMILIES = ("resnet_cifar", "vgg_cifar", "mobilenet_v2_cifar",
             "resnet_imagenet", "mobilenet_v2_imagenet", "vgg_imagenet")
@@ -94,25 +94,42 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------
-# Removable units (layer pruning)
+# Per-family pruning declarations: removable units (layer pruning) and the layers whose output
+# channels filter pruning keeps (Torch-Pruning's ``ignored_layers``), side by side in each
+# family's module. Each returns None for a model that is not of its family.
 
-# Each family's module declares its own units; torchvision's module is asked last (it imports
+# Each family's module declares its own; torchvision's module is asked last (it imports
 # torchvision). Add a family here when it gains a declaration.
-_UNIT_DECLARATIONS = ("harness.models.cifar_resnet", "harness.models.cifar_vgg",
-                      "harness.models.cifar_mobilenet", "harness.models.imagenet")
+_DECLARATIONS = ("harness.models.cifar_resnet", "harness.models.cifar_vgg",
+                 "harness.models.cifar_mobilenet", "harness.models.imagenet")
+
+
+def _declared(model: nn.Module, what: str) -> Any:
+    import importlib
+
+    for name in _DECLARATIONS:
+        found = getattr(importlib.import_module(name), what)(model)
+        if found is not None:
+            return found
+    return None
 
 
 def removable_units(model: nn.Module) -> list[Unit]:
     """The units of ``model`` that layer pruning may replace by identity, in forward order, as
     declared by its family (see ``harness.models.units``); UserError for an undeclared model."""
-    import importlib
+    units = _declared(model, "removable_units")
+    if units is None:
+        raise UserError(f"model class {type(model).__name__} declares no removable units "
+                        f"(add removable_units() to its family module)")
+    return units
 
-    for name in _UNIT_DECLARATIONS:
-        units = importlib.import_module(name).removable_units(model)
-        if units is not None:
-            return units
-    raise UserError(f"model class {type(model).__name__} declares no removable units "
-                    f"(add removable_units() to its family module)")
+
+def pruning_ignored_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules whose output channels filter pruning must keep, as declared by the model's
+    family (``pruning_ignored`` in its module); for a model no family declares: every Linear
+    (the classifier)."""
+    ignored = _declared(model, "pruning_ignored")
+    return ignored if ignored is not None else [m for m in model.modules() if isinstance(m, nn.Linear)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -126,3 +126,11 @@ def removable_units(model: nn.Module) -> list[Unit] | None:
                   (f"bottlenecks.{i}.conv2", f"bottlenecks.{i}.bn2")))
             for i, block in enumerate(model.bottlenecks)
             if isinstance(block, InvertedResidual) and block.use_skip]
+
+
+def pruning_ignored(model: nn.Module) -> list[nn.Module] | None:
+    """Layers whose output channels filter pruning keeps: the classifier (Torch-Pruning couples
+    the residual adds itself); None when not a ``CifarMobileNetV2``."""
+    if not isinstance(model, CifarMobileNetV2):
+        return None
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]

@@ -139,3 +139,16 @@ def removable_units(model: nn.Module) -> list[Unit] | None:
                 path = f"{stage}.{i}"
                 units.append(Unit(path, (path,), ((f"{path}.conv1", f"{path}.bn1"),)))
     return units
+
+
+def pruning_ignored(model: nn.Module) -> list[nn.Module] | None:
+    """Layers whose output channels filter pruning (Torch-Pruning) must keep; None when ``model``
+    is not a ``CifarResNet``. The classifier, and every conv but the blocks' conv1: the option-A
+    shortcut (avg-pool + zero-pad, ``F.pad``) is not traced by Torch-Pruning's dependency graph,
+    so pruning a block output would break the residual add. The block-internal width (conv1's
+    output) is exactly where LayerPrune's engine places its block gates."""
+    if not isinstance(model, CifarResNet):
+        return None
+    keep = {b.conv1 for b in model.modules() if isinstance(b, BasicBlock)}
+    return [m for m in model.modules()
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m not in keep)]

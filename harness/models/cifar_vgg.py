@@ -85,3 +85,11 @@ def removable_units(model: nn.Module) -> list[Unit] | None:
     if not isinstance(model, CifarVGG):
         return None
     return vgg_units(model.features)
+
+
+def pruning_ignored(model: nn.Module) -> list[nn.Module] | None:
+    """Layers whose output channels filter pruning keeps: the classifier; None when not a
+    ``CifarVGG``."""
+    if not isinstance(model, CifarVGG):
+        return None
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]

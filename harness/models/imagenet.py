@@ -75,3 +75,12 @@ def _mobilenet_units(model: nn.Module) -> list[Unit]:
                       if isinstance(sub, nn.Sequential))
         units.append(Unit(p, (p,), pairs))
     return units
+
+
+def pruning_ignored(model: nn.Module) -> list[nn.Module] | None:
+    """Layers whose output channels filter pruning keeps in torchvision ResNet, MobileNetV2 and
+    VGG: the classifier's Linear layers (Torch-Pruning traces their residual adds); None for
+    other models."""
+    if not isinstance(model, (tvm.ResNet, tvm.MobileNetV2, tvm.VGG)):
+        return None
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]

@@ -18,16 +18,14 @@ from harness.export import onnx_summary
 from harness.models import build_model
 from harness.train import TrainRecipe, fit, make_sgd, predict, top1
 from methods.base import Compressed, Deployable, Knob, Method, MethodContext
-from methods.decompose import factors
+from methods.decompose import factors, schedule
 from methods.decompose.ranks import RankPolicy
-from methods.decompose.schedule import (RunResult, cached_dense, dense_key, recipe_for, step_time_ratio,
+from methods.decompose.schedule import (RunResult, at_step, cached_dense, dense_key, step_time_ratio,
                                         train_decomposed, train_dense)
+from methods.recipes import recipe_columns
 from methods.decompose.surgery import DECOMPS, LAYER_POLICIES, decompose_model, reconstruct_model, summary
 
 SCHEDULES = ("train", "post")
-# Defaults of the knobs that are not swept unless given (empty default_sweep).
-DEFAULTS: dict[str, Any] = {"decomp": "tucker", "multiple": 1, "layers": "all", "reconstruct_at": 0,
-                            "schedule": "train", "first": 0}
 
 
 @dataclass(frozen=True)
@@ -39,20 +37,20 @@ class Settings:
     layers: str
     include_first: bool
     schedule: str
-    decompose_at: int | None  # None: the preset recipe's
-    reconstruct_at: int
+    decompose_at: float | None  # a fraction of the schedule; None: the preset recipe's
+    reconstruct_at: float  # a fraction of the schedule; 0: never
 
     @classmethod
-    def from_knobs(cls, knobs: Mapping[str, Any]) -> "Settings":
-        k = {**DEFAULTS, **knobs}
+    def from_knobs(cls, k: Mapping[str, Any]) -> "Settings":
+        """From ``Method.settings`` (every knob with a default is present)."""
         if "energy" in k:
             policy = RankPolicy("energy", float(k["energy"]), int(k["multiple"]))
         elif "ratio" in k:
             policy = RankPolicy("ratio", float(k["ratio"]), int(k["multiple"]))
         else:
-            policy = RankPolicy(k.get("rank", "vbmf"), 0.0, int(k["multiple"]))
+            policy = RankPolicy(k["rank"], 0.0, int(k["multiple"]))
         return cls(policy, k["decomp"], k["layers"], bool(k["first"]), k["schedule"], k.get("decompose_at"),
-                   int(k["reconstruct_at"]))
+                   float(k["reconstruct_at"]))
 
 
 class Decompose(Method):
@@ -60,27 +58,32 @@ class Decompose(Method):
     summary = ("tensor decomposition (Tucker-2 / CP / SVD, EVBMF ranks) mid-training to train faster "
                "(Elhoushi et al. 2019), or post-training; vs dense training of the same schedule")
     produces = "smaller"
-    report_columns = ("decompose_top1", "decompose_dense_top1", "decompose_train_s", "decompose_dense_train_s",
-                      "decompose_train_speedup", "decompose_epoch_s_before", "decompose_epoch_s_after",
-                      "decompose_epoch_ratio_in_run", "decompose_step_speedup", "decompose_layers",
+    report_columns = ("decompose_top1", "decompose_dense_top1", "finetune_steps", "decompose_train_s",
+                      "decompose_dense_train_s", "decompose_train_speedup", "decompose_step_s_before",
+                      "decompose_step_s_after", "decompose_step_ratio_in_run", "decompose_step_speedup",
+                      "decompose_layers",
                       "decompose_layers_skipped", "decompose_fold_max_rel_err", "decompose_graph_ok")
     knobs = (
-        Knob("rank", str, ("vbmf",), choices=("vbmf",), help="rank policy: EVBMF on each mode unfolding"),
+        Knob("rank", str, ("vbmf",), choices=("vbmf",), default="vbmf", help="rank policy: EVBMF on each mode unfolding"),
         Knob("energy", float, (), 0.01, 1.0, help="alternative: keep this share of sum(sigma^2) per mode"),
         Knob("ratio", float, (), 0.01, 1.0, help="alternative: rank = ceil(ratio * channels) per mode"),
-        Knob("decomp", str, (), choices=DECOMPS, help="tucker (1x1, kxk, 1x1) or cp (1x1, kx1, 1xk, 1x1)"),
-        Knob("multiple", int, (), 1, 1024, help="round ranks up to a multiple (paper's ResNet path: 16)"),
-        Knob("layers", str, (), choices=LAYER_POLICIES, help="all convs, residual conv2 only, or all + Linear"),
-        Knob("first", int, (), 0, 1, help="1: decompose the first conv too (excluded by default)"),
-        Knob("decompose_at", int, (), 1, 100000, help="dense epochs before decomposing (default: preset's)"),
-        Knob("reconstruct_at", int, (), 0, 100000, help="epoch to fold the chains back (0 = never)"),
-        Knob("schedule", str, (), choices=SCHEDULES,
+        Knob("decomp", str, (), choices=DECOMPS, default="tucker",
+             help="tucker (1x1, kxk, 1x1) or cp (1x1, kx1, 1xk, 1x1)"),
+        Knob("multiple", int, (), 1, 1024, default=1, help="round ranks up to a multiple (paper's ResNet path: 16)"),
+        Knob("layers", str, (), choices=LAYER_POLICIES, default="all",
+             help="all convs, residual conv2 only, or all + Linear"),
+        Knob("first", int, (), 0, 1, default=0, help="1: decompose the first conv too (excluded by default)"),
+        Knob("decompose_at", float, (), 0.001, 0.999,
+             help="fraction of the schedule's steps trained dense before decomposing (default: preset's)"),
+        Knob("reconstruct_at", float, (), 0.0, 0.999, default=0.0,
+             help="fraction of the schedule's steps after which the chains are folded back (0 = never)"),
+        Knob("schedule", str, (), choices=SCHEDULES, default="train",
              help="train: decompose mid-training (the paper's claim); post: decompose the trained baseline"),
     )
     exclusive = (("rank", "energy", "ratio"),)
 
     def validate(self, values: Mapping[str, Any]) -> None:
-        s = {**DEFAULTS, **values}
+        s = self.settings(values)
         if s["schedule"] == "post" and ("decompose_at" in values or s["reconstruct_at"]):
             raise UserError("decompose: decompose_at/reconstruct_at belong to schedule=train, not post")
         if s["reconstruct_at"] and "decompose_at" in values and s["reconstruct_at"] <= values["decompose_at"]:
@@ -105,26 +108,26 @@ class Decompose(Method):
         return self._train(ctx, s, decompose, common)
 
     def _post(self, ctx: MethodContext, s: Settings, decompose: partial, common: dict) -> Compressed:
-        recipe = recipe_for(ctx.preset).post
+        recipe = schedule.recipe_for(ctx).post
         x, y = eval_arrays(ctx.data)
         before = top1(predict(ctx.model, x), y)
         run, no_finetune = train_decomposed_post(ctx.model, ctx, recipe, decompose)
         ctx.log(f"  decompose[post]: {summary(run.plans)['decompose_layers']} layers in {run.decomp_s:.1f} s, "
-                f"fine-tune {recipe.epochs} epochs")
-        extra = {**common, **summary(run.plans), "decompose_epochs": recipe.epochs,
+                f"fine-tune {recipe.steps} steps")
+        extra = {**common, **summary(run.plans), **recipe_columns(recipe),
                  "decompose_train_s": run.train_s, "decompose_decomp_s": run.decomp_s,
-                 "decompose_epoch_s_decomposed": run.mean_epoch("decomposed"),
+                 "decompose_step_s_decomposed": run.step_s("decomposed"),
                  "decompose_baseline_top1": before, "decompose_top1_no_finetune": no_finetune,
                  "decompose_top1": top1(predict(run.model, x), y)}
         return Compressed([_decomposed(run.model, {})], run.train_s, extra)
 
     def _train(self, ctx: MethodContext, s: Settings, decompose: partial, common: dict) -> Compressed:
-        rec = recipe_for(ctx.preset)
+        rec = schedule.recipe_for(ctx)
         recipe = rec.train
-        at = s.decompose_at or rec.decompose_at
-        if not 0 < at < recipe.epochs or (s.reconstruct_at and not at < s.reconstruct_at < recipe.epochs):
-            raise UserError(f"decompose: need 0 < decompose_at ({at}) < reconstruct_at ({s.reconstruct_at}, "
-                            f"0 = off) < the {ctx.preset} schedule's {recipe.epochs} epochs")
+        at, fold = at_step(recipe, s.decompose_at or rec.decompose_at), at_step(recipe, s.reconstruct_at)
+        if not 0 < at < recipe.steps or (fold and not at < fold < recipe.steps):
+            raise UserError(f"decompose: need 0 < decompose_at (step {at}) < reconstruct_at (step {fold}, "
+                            f"0 = off) < the {ctx.preset} schedule's {recipe.steps} steps")
 
         def build() -> nn.Module:
             torch.manual_seed(ctx.seed)  # the dense and the decomposed run start from one init
@@ -133,30 +136,31 @@ class Decompose(Method):
         dense, dense_source = cached_dense(
             dense_key(ctx.model_name, ctx.data, recipe, ctx.seed), build,
             lambda m: train_dense(m, ctx.data, recipe, seed=ctx.seed), Path(ctx.workdir) / "decompose")
-        ctx.log(f"  decompose: dense {recipe.epochs}-epoch schedule {dense.train_s:.1f} s ({dense_source})")
+        ctx.log(f"  decompose: dense {recipe.steps}-step schedule {dense.train_s:.1f} s ({dense_source})")
         shape = tuple(ctx.data.input_shape)
         run = train_decomposed(build(), ctx.data, recipe, seed=ctx.seed, decompose_at=at, decompose=decompose,
-                               reconstruct_at=s.reconstruct_at, reconstruct=partial(reconstruct_model, input_shape=shape))
+                               reconstruct_at=fold, reconstruct=partial(reconstruct_model, input_shape=shape))
         thin = run.snapshot if run.snapshot is not None else run.model
         step = step_time_ratio(dense.model, thin, ctx.data, recipe.batch_size, seed=ctx.seed)
         x, y = eval_arrays(ctx.data)
         accs = {"dense": top1(predict(dense.model, x), y), "final": top1(predict(run.model, x), y)}
-        extra = {**common, **summary(run.plans), **_timing(run, dense, step, recipe.epochs, at, s.reconstruct_at),
+        extra = {**common, **summary(run.plans), **recipe_columns(recipe),
+                 **_timing(run, dense, step, recipe.steps, at, fold),
                  "decompose_dense_source": dense_source, "decompose_dense_top1": accs["dense"],
                  "decompose_top1": accs["final"],
                  "decompose_top1_vs_dense": None if None in accs.values() else accs["final"] - accs["dense"],
-                 "decompose_lr_continuous": run.lrs == [recipe.lr_at(e) for e in range(recipe.epochs)],
+                 "decompose_lr_continuous": run.lrs == [recipe.lr_at(k) for k in range(recipe.steps)],
                  "decompose_fold_max_rel_err": max(run.fold_errors.values(), default=None)}
         ctx.log(f"  decompose: {extra['decompose_layers']} layers, train {run.train_s:.1f} s vs dense "
-                f"{dense.train_s:.1f} s (x{extra['decompose_train_speedup']:.2f}), epoch x"
-                f"{extra['decompose_epoch_speedup']:.2f}, step x{step[2]:.2f}")
-        deps = [_decomposed(thin, {"decompose_trained_epochs": s.reconstruct_at or recipe.epochs,
+                f"{dense.train_s:.1f} s (x{extra['decompose_train_speedup']:.2f}), step in run x"
+                f"{extra['decompose_step_speedup_phase'] or float('nan'):.2f}, interleaved step x{step[2]:.2f}")
+        deps = [_decomposed(thin, {"decompose_trained_steps": fold or recipe.steps,
                                    "train_s": run.snapshot_train_s or run.train_s}),
                 Deployable(dense.model, "dense-schedule", check_graph=_conv_count,
-                           extra={"decompose_trained_epochs": recipe.epochs, "train_s": dense.train_s})]
+                           extra={"decompose_trained_steps": recipe.steps, "train_s": dense.train_s})]
         if run.snapshot is not None:
             deps.append(Deployable(run.model, "reconstructed", check_graph=_conv_count,
-                                   extra={"decompose_trained_epochs": recipe.epochs, "train_s": run.train_s}))
+                                   extra={"decompose_trained_steps": recipe.steps, "train_s": run.train_s}))
         return Compressed(deps, run.train_s, extra)
 
 
@@ -170,28 +174,29 @@ def train_decomposed_post(model: nn.Module, ctx: MethodContext, recipe: TrainRec
     run.decomp_s = time.perf_counter() - t0
     x, y = eval_arrays(ctx.data)
     no_finetune = top1(predict(model, x), y)
-    res = fit(model, ctx.data, recipe, seed=ctx.seed, optimizer=make_sgd(model, recipe), desc="decompose post")
-    run.epoch_s, run.phase = res.epoch_s, ["decomposed"] * len(res.epoch_s)
+    res = fit(model, ctx.data, recipe, seed=ctx.seed, optimizer=make_sgd(model, recipe), desc="decompose post",
+              progress=False)
+    run.pass_s, run.phase_s, run.phase_steps = res.pass_s, {"decomposed": res.train_s}, {"decomposed": res.steps}
     run.train_s = run.decomp_s + res.train_s
     model.eval()
     return run, no_finetune
 
 
-def _timing(run: RunResult, dense: RunResult, step: tuple[float, float, float], epochs: int, at: int,
+def _timing(run: RunResult, dense: RunResult, step: tuple[float, float, float], steps: int, at: int,
             reconstruct_at: int) -> dict[str, Any]:
-    before, after = run.mean_epoch("dense"), run.mean_epoch("decomposed")
-    dense_epoch = dense.mean_epoch("dense")
-    return {"decompose_epochs": epochs, "decompose_at": at, "decompose_reconstruct_at": reconstruct_at,
+    before, after = run.step_s("dense"), run.step_s("decomposed")
+    dense_step = dense.step_s("dense")
+    return {"decompose_steps": steps, "decompose_at_step": at, "decompose_reconstruct_at_step": reconstruct_at,
             "decompose_train_s": run.train_s, "decompose_decomp_s": run.decomp_s, "decompose_fold_s": run.fold_s,
-            "decompose_epoch_s_before": before, "decompose_epoch_s_after": after,
-            "decompose_epoch_s_reconstructed": run.mean_epoch("reconstructed"),
-            "decompose_epoch_ratio_in_run": before / after if before and after else None,
-            "decompose_dense_train_s": dense.train_s, "decompose_dense_epoch_s": dense_epoch,
+            "decompose_step_s_before": before, "decompose_step_s_after": after,
+            "decompose_step_s_reconstructed": run.step_s("reconstructed"),
+            "decompose_step_ratio_in_run": before / after if before and after else None,
+            "decompose_dense_train_s": dense.train_s, "decompose_dense_step_s": dense_step,
             "decompose_train_speedup": dense.train_s / run.train_s,
-            # the same ratio with the dense time estimated from this run's own dense epochs (phase A):
+            # the same ratio with the dense time estimated from this run's own dense steps (phase A):
             # immune to load changes between the cached dense run and this one on a shared machine
-            "decompose_train_speedup_in_run": epochs * before / run.train_s if before else None,
-            "decompose_epoch_speedup": dense_epoch / after if dense_epoch and after else None,
+            "decompose_train_speedup_in_run": steps * before / run.train_s if before else None,
+            "decompose_step_speedup_phase": dense_step / after if dense_step and after else None,
             "decompose_step_s_dense": step[0], "decompose_step_s_decomposed": step[1],
             "decompose_step_speedup": step[2]}
 

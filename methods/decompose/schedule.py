@@ -1,16 +1,19 @@
-"""The recipes (one place) and the training runs: decomposition-accelerated, dense on the same
-schedule (cached), and post-training fine-tuning.
+"""The recipes and the training runs: decomposition-accelerated, dense on the same schedule
+(cached), and post-training fine-tuning.
 
-Recipes per preset. ``publication`` is the paper's CIFAR-10 schedule (papers.md 3.2: SGD momentum
-0.9, lr 0.1, weight decay 1e-4, batch 128, 200 epochs, x0.1 at epochs 100 and 150; decomposition
-after epoch 10 as in the README example; post-training mode: 15 epochs at lr 1e-3, x0.1 every 5).
-``quick`` and ``standard`` keep that schedule's shape (SGD momentum 0.9, weight decay 1e-4,
-milestones at 50% / 75%) scaled down for the 1,437 training images of digits: 6 and 15 epochs,
-decomposition after epoch 2 and 4, and batch 32 at lr 0.05 instead of 128 at 0.1, so that an epoch
-has 45 SGD steps instead of 12. Measured on this machine (seed 0, 6 epochs): at batch 128 / lr 0.1
-ResNet-56 did not train (18% top-1, dense) and EVBMF found rank 0 in every ResNet-20 layer at
-epoch 2 (the weights are still noise to it); at batch 32 / lr 0.05 ResNet-56 reached 57% by
-epoch 2 and EVBMF found ranks in 51 of its 54 eligible layers.
+Recipes: the paper's shapes, sized per preset by the kit (``methods.recipes``, the one place the
+presets' step counts live). The training schedule is the paper's CIFAR-10 one (papers.md 3.2:
+SGD momentum 0.9, lr 0.1, weight decay 1e-4, batch 128, 200 epochs = 78,200 steps, x0.1 at 50%
+and 75%; decomposition after epoch 10 of 200 as in the README example); post-training mode is
+the paper's fine-tune (15 epochs at lr 1e-3, x0.1 every 5: milestones 1/3, 2/3; 5,865 steps).
+``quick`` and ``standard`` keep those shapes and take the kit's lengths: the training schedule is
+as long as the preset's baseline training (270 / 3,000 steps at batch 32; lr 0.05 instead of 0.1
+for the smaller batch), decomposition after 1/3 (quick) or 4/15 (standard) of it, and the
+post-training fine-tune is the kit's fine-tune length (120 / 2,000 steps). Measured on digits
+(seed 0, 6 epochs = 270 steps): at batch 128 / lr 0.1 ResNet-56 did not train (18% top-1, dense)
+and EVBMF found rank 0 in every ResNet-20 layer after 2 of 6 epochs (the weights are still noise
+to it); at batch 32 / lr 0.05 ResNet-56 reached 57% by then and EVBMF found ranks in 51 of its
+54 eligible layers.
 """
 from __future__ import annotations
 
@@ -21,117 +24,125 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from harness.data import DataBundle, make_loader
-from harness.train import TrainRecipe, fit, make_sgd, recipe_dict
+from harness.train import PAPER_CIFAR_STEPS, TrainRecipe, fit, make_sgd, recipe_dict
 
 
 @dataclass(frozen=True)
 class DecomposeRecipe:
-    """The schedule both the dense and the decomposed run follow, where decomposition happens,
-    and the post-training fine-tune."""
+    """The schedule both the dense and the decomposed run follow, where decomposition happens
+    (a fraction of its steps), and the post-training fine-tune."""
 
     train: TrainRecipe
-    decompose_at: int
+    decompose_at: float
     post: TrainRecipe
 
 
-_PAPER = TrainRecipe(epochs=200, lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128,
-                     schedule="multistep", milestones=(0.5, 0.75))
-_DIGITS = _PAPER.with_(batch_size=32, lr=0.05)
-RECIPES: dict[str, DecomposeRecipe] = {
-    "quick": DecomposeRecipe(_DIGITS.with_(epochs=6), decompose_at=2,
-                             post=TrainRecipe(epochs=2, lr=1e-3, weight_decay=1e-4, schedule="constant")),
-    "standard": DecomposeRecipe(_DIGITS.with_(epochs=15), decompose_at=4,
-                                post=TrainRecipe(epochs=5, lr=1e-3, weight_decay=1e-4, schedule="constant")),
-    "publication": DecomposeRecipe(_PAPER, decompose_at=10,
-                                   post=TrainRecipe(epochs=15, lr=1e-3, weight_decay=1e-4, schedule="step",
-                                                    step_size=5, gamma=0.1)),
-}
+TRAIN_SHAPE = TrainRecipe(lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128, schedule="multistep",
+                          milestones=(0.5, 0.75))
+POST_SHAPE = TrainRecipe(lr=1e-3, weight_decay=1e-4, schedule="multistep", milestones=(1 / 3, 2 / 3))
+POST_PAPER_STEPS = 15 * 391
+DECOMPOSE_AT = {"quick": 1 / 3, "standard": 4 / 15, "publication": 10 / 200}
 
 
-def recipe_for(preset: str) -> DecomposeRecipe:
-    return RECIPES.get(preset, RECIPES["standard"])
+def recipe_for(ctx: Any) -> DecomposeRecipe:
+    """The recipes of ``ctx``'s preset (a ``MethodContext``)."""
+    train = ctx.finetune_recipe(TRAIN_SHAPE, paper_steps=PAPER_CIFAR_STEPS, kind="train", small_data={"lr": 0.05})
+    post = ctx.finetune_recipe(POST_SHAPE, paper_steps=POST_PAPER_STEPS)
+    return DecomposeRecipe(train, DECOMPOSE_AT.get(ctx.preset, DECOMPOSE_AT["standard"]), post)
 
 
 @dataclass
 class RunResult:
     """One training run: the final model, wall time (the one-off decomposition and fold included)
-    and what happened per epoch."""
+    and what happened per phase and per pass."""
 
     model: nn.Module
     train_s: float = 0.0
     decomp_s: float = 0.0
     fold_s: float = 0.0
-    epoch_s: list[float] = field(default_factory=list)
-    phase: list[str] = field(default_factory=list)  # per epoch: dense | decomposed | reconstructed
-    lrs: list[float] = field(default_factory=list)  # learning rate each epoch actually ran at
+    pass_s: list[float] = field(default_factory=list)  # per pass over the loader, per phase
+    phase_s: dict[str, float] = field(default_factory=dict)  # dense | decomposed | reconstructed
+    phase_steps: dict[str, int] = field(default_factory=dict)
+    lrs: list[float] = field(default_factory=list)  # learning rate each step actually ran at
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)  # one per phase
     snapshot: nn.Module | None = None  # the factorised network at the fold, when there is one
     snapshot_train_s: float = 0.0
     plans: list = field(default_factory=list)
     fold_errors: dict[str, float] = field(default_factory=dict)
 
-    def mean_epoch(self, phase: str) -> float | None:
-        times = [t for t, p in zip(self.epoch_s, self.phase) if p == phase]
-        return statistics.fmean(times) if times else None
+    def step_s(self, phase: str) -> float | None:
+        """Mean wall seconds per optimizer step in ``phase`` (None when it did not run)."""
+        steps = self.phase_steps.get(phase, 0)
+        return self.phase_s[phase] / steps if steps else None
+
+    @property
+    def phases(self) -> list[str]:
+        return list(self.phase_s)
 
 
 def _phase(run: RunResult, model: nn.Module, data: DataBundle, recipe: TrainRecipe, seed: int,
-           start: int, end: int, name: str, progress: bool, max_batches: int | None) -> None:
-    """Epochs [start, end) with a fresh optimizer; fit sets each epoch's lr from the schedule."""
+           start: int, end: int, name: str, progress: bool) -> None:
+    """Steps [start, end) with a fresh optimizer; fit sets each step's lr from the schedule."""
     if end <= start:
         return
     opt = make_sgd(model, recipe)
     run.optimizers.append(opt)
-    res = fit(model, data, recipe, seed=seed, optimizer=opt, start_epoch=start, end_epoch=end,
-              progress=progress, max_batches=max_batches, desc=f"decompose {name}",
-              on_epoch_end=lambda e, m: run.lrs.append(opt.param_groups[0]["lr"]))
-    run.epoch_s += res.epoch_s
-    run.phase += [name] * len(res.epoch_s)
+    res = fit(model, data, recipe, seed=seed, optimizer=opt, start_step=start, end_step=end,
+              progress=progress, desc=f"decompose {name}",
+              on_step_end=lambda s, m: run.lrs.append(opt.param_groups[0]["lr"]))
+    run.pass_s += res.pass_s
+    run.phase_s[name] = run.phase_s.get(name, 0.0) + res.train_s
+    run.phase_steps[name] = run.phase_steps.get(name, 0) + res.steps
     run.train_s += res.train_s
+
+
+def at_step(recipe: TrainRecipe, fraction: float) -> int:
+    """The step a fraction of ``recipe``'s run falls on (0 for 0: never)."""
+    return round(fraction * recipe.steps) if fraction else 0
 
 
 def train_decomposed(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, seed: int, decompose_at: int,
                      decompose: Callable[[nn.Module], list], reconstruct_at: int = 0,
                      reconstruct: Callable[[nn.Module], dict[str, float]] | None = None,
-                     progress: bool = True, max_batches: int | None = None) -> RunResult:
-    """Train ``model`` (freshly initialised) dense for ``decompose_at`` epochs, decompose it, and
-    continue to the end of the same schedule; with ``reconstruct_at`` fold it back at that epoch
+                     progress: bool = True) -> RunResult:
+    """Train ``model`` (freshly initialised) dense for ``decompose_at`` steps, decompose it, and
+    continue to the end of the same schedule; with ``reconstruct_at`` (a step) fold it back there
     and finish in the original architecture. Every phase gets a new optimizer (momentum is lost,
     as in the paper's code) whose lr continues the schedule (``fit`` takes it from
-    ``recipe.lr_at(epoch)``)."""
-    end = recipe.epochs
+    ``recipe.lr_at(step)``)."""
+    end = recipe.steps
     fold_at = reconstruct_at if reconstruct_at and reconstruct is not None else end
     if not 0 < decompose_at < fold_at <= end:
         raise ValueError(f"need 0 < decompose_at ({decompose_at}) < reconstruct_at/end ({fold_at}) <= {end}")
     run = RunResult(model)
-    _phase(run, model, data, recipe, seed, 0, decompose_at, "dense", progress, max_batches)
+    _phase(run, model, data, recipe, seed, 0, decompose_at, "dense", progress)
     t0 = time.perf_counter()
     run.plans = decompose(model)
     run.decomp_s = time.perf_counter() - t0
     run.train_s += run.decomp_s
-    _phase(run, model, data, recipe, seed, decompose_at, fold_at, "decomposed", progress, max_batches)
+    _phase(run, model, data, recipe, seed, decompose_at, fold_at, "decomposed", progress)
     if fold_at < end:
         run.snapshot, run.snapshot_train_s = copy.deepcopy(model).eval(), run.train_s
         t0 = time.perf_counter()
         run.fold_errors = reconstruct(model)
         run.fold_s = time.perf_counter() - t0
         run.train_s += run.fold_s
-        _phase(run, model, data, recipe, seed, fold_at, end, "reconstructed", progress, max_batches)
+        _phase(run, model, data, recipe, seed, fold_at, end, "reconstructed", progress)
     model.eval()
     return run
 
 
 def train_dense(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, seed: int,
-                progress: bool = True, max_batches: int | None = None) -> RunResult:
+                progress: bool = True) -> RunResult:
     """The same schedule, dense from start to end (the comparison the paper's claim is about)."""
     run = RunResult(model)
-    _phase(run, model, data, recipe, seed, 0, recipe.epochs, "dense", progress, max_batches)
+    _phase(run, model, data, recipe, seed, 0, recipe.steps, "dense", progress)
     model.eval()
     return run
 
@@ -157,14 +168,15 @@ def cached_dense(key: str, build: Callable[[], nn.Module], train: Callable[[nn.M
     elif path.exists():
         blob = torch.load(path, map_location="cpu", weights_only=True)
         state = blob["model"]
-        run = RunResult(None, train_s=blob["train_s"], epoch_s=list(blob["epoch_s"]),
-                        phase=["dense"] * len(blob["epoch_s"]), lrs=list(blob["lrs"]))
+        run = RunResult(None, train_s=blob["train_s"], pass_s=list(blob["pass_s"]), phase_s=dict(blob["phase_s"]),
+                        phase_steps=dict(blob["phase_steps"]), lrs=list(blob["lrs"]))
         source = "cache (earlier run of this sweep)"
     else:
         run = train(build())
         state = {k: v.clone() for k, v in run.model.state_dict().items()}
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": state, "train_s": run.train_s, "epoch_s": run.epoch_s, "lrs": run.lrs},
+        torch.save({"model": state, "train_s": run.train_s, "pass_s": run.pass_s, "phase_s": run.phase_s,
+                    "phase_steps": run.phase_steps, "lrs": run.lrs},
                    path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
         source = "trained"

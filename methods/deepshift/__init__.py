@@ -26,6 +26,7 @@ from methods.deepshift.convert import call_order, convert_to_shift, finalize, fr
 from methods.deepshift.export import Pow2Check, ShiftExporter
 from methods.deepshift.modules import ShiftConv2dPS, ShiftLinearPS, p_min_for
 from methods.deepshift.recipes import recipe_for
+from methods.recipes import recipe_columns
 
 __all__ = ["DeepShift"]
 
@@ -45,16 +46,16 @@ class DeepShift(Method):
     summary = ("DeepShift-Q / -PS: every conv/linear weight becomes sign x 2^p (bit shifts); "
                "packed low-bit size, exact-int8 QDQ variant")
     produces = "dense"
-    report_columns = ("deepshift_top1_converted", "deepshift_changed_weight_share", "pow2_ok", "pow2_bad_weights",
+    report_columns = ("deepshift_top1_converted", "finetune_steps", "deepshift_changed_weight_share", "pow2_ok", "pow2_bad_weights",
                       "pow2_checked_weights", "deepshift_finalize_max_abs", "int8_exact_share",
                       "int8_ort_qlinearconv", "int8_ov_int8_convs", "size_fp32_bytes")
     knobs = (
-        Knob("mode", str, ("q", "ps"), choices=("q", "ps"),
+        Knob("mode", str, ("q", "ps"), choices=("q", "ps"), default="q",
              help="q: rounded latent weights (STE); ps: trained shift P and ternary sign S (RAdam)"),
-        Knob("weight_bits", int, (5, 4, 3), low=2, high=8,
+        Knob("weight_bits", int, (5, 4, 3), low=2, high=8, default=5,
              help="bits per weight: Q p in [-(2^(b-1)-1), 0], PS p in [-(2^(b-1)-2), 0]"),
-        Knob("act_bits", str, (), help="activation fixed point INT.FRAC (floor, signed), or off (default)"),
-        Knob("init", str, (), choices=("pretrained", "scratch"),
+        Knob("act_bits", str, (), default="off", help="activation fixed point INT.FRAC (floor, signed), or off (default)"),
+        Knob("init", str, (), choices=("pretrained", "scratch"), default="pretrained",
              help="pretrained (default): fine-tune from the baseline; scratch: paper's scratch init/recipe"),
         Knob("depth", int, (), low=1, high=100000,
              help="convert only the first N Conv2d/Linear layers in call order, counted from the input "
@@ -63,12 +64,12 @@ class DeepShift(Method):
 
     def validate(self, values: Mapping[str, Any]) -> None:
         # weight_bits >= 2 (the knob's range) leaves a shift range in both modes (PS b=2: ternary)
-        parse_act_bits(values.get("act_bits", "off"))
+        parse_act_bits(values.get("act_bits", "off"))  # before defaults are filled in
 
     def apply(self, ctx: MethodContext, knobs: Mapping[str, Any]) -> Compressed:
-        mode, bits = knobs.get("mode", "q"), int(knobs.get("weight_bits", 5))
-        act = parse_act_bits(knobs.get("act_bits", "off"))
-        init, depth = knobs.get("init", "pretrained"), knobs.get("depth")
+        mode, bits = knobs["mode"], int(knobs["weight_bits"])
+        act = parse_act_bits(knobs["act_bits"])
+        init, depth = knobs["init"], knobs.get("depth")  # depth: None = every layer
         shape = tuple(ctx.data.input_shape)
         model = ctx.model
         if init == "scratch":  # a fresh float init (seeded), not the trained baseline
@@ -77,7 +78,7 @@ class DeepShift(Method):
         converted = convert_to_shift(model, shape, mode=mode, weight_bits=bits, act_bits=act, depth=depth,
                                      scratch=init == "scratch")
         extra: dict[str, Any] = {"deepshift_mode": mode, "deepshift_weight_bits": bits,
-                                 "deepshift_act_bits": knobs.get("act_bits", "off"), "deepshift_init": init,
+                                 "deepshift_act_bits": knobs["act_bits"], "deepshift_init": init,
                                  "deepshift_converted_layers": len(converted)}
         train_s = 0.0
         if not ctx.structure_only:
@@ -98,9 +99,8 @@ class DeepShift(Method):
 
     # ------------------------------------------------------------------ training
     def _train(self, ctx: MethodContext, model: nn.Module, mode: str, init: str) -> tuple[float, dict]:
-        recipe = recipe_for(init, ctx.preset)
-        extra: dict[str, Any] = {"deepshift_recipe": f"{recipe.epochs} ep lr {recipe.lr:g} {recipe.schedule}"
-                                                     f"{' RAdam' if mode == 'ps' else ' SGD'}"}
+        recipe = recipe_for(ctx, init)
+        extra: dict[str, Any] = {**recipe_columns(recipe), "deepshift_optimizer": "RAdam" if mode == "ps" else "SGD"}
         if init == "pretrained" and ctx.data.train is not None and len(ctx.data.test):
             logits = self._eval_logits(ctx, model)
             extra["deepshift_top1_converted"] = self._top1(ctx, logits)

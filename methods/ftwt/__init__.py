@@ -2,9 +2,10 @@
 pruning with self-supervised mask predictors, with the computation skipped for real.
 
 See methods/ftwt/README.md and /work/shared/papers.md section 1. Pieces:
-``gating`` (predictors, ground truth, wrapping, cost accounting, estimate before training),
-``skip`` (the real-skipping inference network and its ONNX export), this file (knobs, recipes,
-training, deployables).
+``gating`` (predictors, ground truth, mask loss), ``wiring`` (where the predictors go per model
+family, the wrapped network), ``cost`` (per-sample MACs, the estimate before training),
+``calibration`` (thresholds at the ground truth's keep rate), ``skip`` (the real-skipping
+inference network and its ONNX export), this file (knobs, recipe, training, deployables).
 """
 from __future__ import annotations
 
@@ -18,24 +19,29 @@ import numpy as np
 import torch
 
 from harness.data import eval_arrays, make_loader
-from harness.train import TrainRecipe, fit
+from harness.train import PAPER_CIFAR_STEPS, TrainRecipe, fit
 from methods.base import Compressed, Deployable, Knob, Method, MethodContext
-from methods.ftwt.gating import (FTWTNet, calibrate, estimate_curve, keep_rates, mask_loss,
-                                 measure_macs, r_for_macs, wrap)
+from methods.ftwt.calibration import calibrate, keep_rates
+from methods.ftwt.cost import estimate_curve, measure_macs, r_for_macs
+from methods.ftwt.gating import mask_loss
 from methods.ftwt.skip import build_skip, check_skip_graph, export_skip_onnx
+from methods.ftwt.wiring import FTWTNet, wrap
+from methods.recipes import recipe_columns
 
-# The dynamic stage's recipe per preset, in ONE place. publication = the paper's dynamic stage
-# (job_dynamic.sh): 200 epochs from the baseline, backbone SGD lr 1e-2 (momentum 0.9, wd 5e-4,
-# batch 128) with x0.1 at epochs 81/122/151; predictors: their own SGD, lr 0.1, momentum 0.9, no
-# weight decay, no schedule. quick/standard are scaled down for the 1,797-image digits set (batch 64
-# so the predictors get enough steps before the cooldown), same schedule shape.
+# The dynamic stage's recipe shape: the paper's (job_dynamic.sh): backbone SGD lr 1e-2 (momentum
+# 0.9, wd 5e-4, batch 128) with x0.1 at epochs 81/122/151 of 200 from the baseline (78,200 steps:
+# publication); predictors: their own SGD, lr 0.1, momentum 0.9, no weight decay, no schedule.
+# quick/standard keep the shape and take the kit's fine-tune length (methods.recipes: 120 / 2,000
+# steps at batch 32); the mask phase is the first ``cooldown`` fraction of the steps.
 _PAPER_MILESTONES = (81 / 200, 122 / 200, 151 / 200)
-RECIPES: dict[str, TrainRecipe] = {
-    "quick": TrainRecipe(epochs=5, lr=0.01, batch_size=64, schedule="multistep", milestones=_PAPER_MILESTONES),
-    "standard": TrainRecipe(epochs=30, lr=0.01, batch_size=64, schedule="multistep", milestones=_PAPER_MILESTONES),
-    "publication": TrainRecipe(epochs=200, lr=0.01, batch_size=128, schedule="multistep",
-                               milestones=_PAPER_MILESTONES),
-}
+SHAPE = TrainRecipe(lr=0.01, batch_size=128, schedule="multistep", milestones=_PAPER_MILESTONES)
+
+
+def recipe_for(ctx: MethodContext) -> TrainRecipe:
+    """The dynamic stage's recipe at ``ctx``'s preset."""
+    return ctx.finetune_recipe(SHAPE, paper_steps=PAPER_CIFAR_STEPS)
+
+
 PREDICTOR_LR = 0.1       # --mlr
 PREDICTOR_MOMENTUM = 0.9
 ESTIMATE_SAMPLES = 1024  # training images used for the MACs(r) curve before training
@@ -46,7 +52,7 @@ R_GRID = np.round(np.arange(0.50, 1.0001, 0.005), 4)
 class FixedLrSGD(torch.optim.SGD):
     """SGD whose param groups with a ``fixed_lr`` keep that learning rate whatever ``fit``'s
     schedule sets (``harness.train._set_lr`` writes lr = schedule_lr * lr_scale into every group
-    at the start of each epoch). This is the paper's separate predictor optimizer (SGD, momentum
+    before every step). This is the paper's separate predictor optimizer (SGD, momentum
     0.9, lr 0.1, no weight decay, no scheduler) as a param group of the one optimizer fit takes:
     SGD updates each group independently, so the two are the same optimizer mathematically."""
 
@@ -89,7 +95,7 @@ class FTWT(Method):
     summary = ("FTWT dynamic channel pruning: per-input mask predictors trained on heatmap-mass "
                "ground truth; real skipping on torch-eager and in-graph selection for ONNX")
     produces = "dynamic"
-    report_columns = ("ftwt_r", "ftwt_calibrate", "ftwt_kept_frac", "ftwt_gt_kept_frac",
+    report_columns = ("ftwt_r", "ftwt_calibrate", "finetune_steps", "ftwt_kept_frac", "ftwt_gt_kept_frac",
                       "ftwt_est_reduction", "ftwt_achieved_reduction", "ftwt_est_gap_points",
                       "ftwt_macs_p10", "ftwt_macs_p50", "ftwt_macs_p90", "ftwt_predictor_macs",
                       "ftwt_execution", "ftwt_batch_policy", "ftwt_onnx_gather_nodes")
@@ -99,26 +105,25 @@ class FTWT(Method):
         Knob("macs", float, (), 0.05, 1.0,
              help="target MACs ratio (kept/dense); r is picked from the MACs(r) curve estimated on "
                   "the baseline before training"),
-        Knob("mode", str, ("decoupled",), choices=("decoupled", "joint"),
+        Knob("mode", str, ("decoupled",), choices=("decoupled", "joint"), default="decoupled",
              help="decoupled: predictors see a detached input; joint: the mask loss trains the backbone too"),
-        Knob("pool", str, ("max",), choices=("max", "avg"),
+        Knob("pool", str, ("max",), choices=("max", "avg"), default="max",
              help="predictor pooling: max (paper) or avg (released code)"),
-        Knob("cooldown", float, (0.5,), 0.0, 1.0,
-             help="fraction of the epochs with mask loss weight 1 (0 afterwards)"),
-        Knob("calibrate", str, ("gt",), choices=("gt", "off"),
-             help="gt: after each mask-phase epoch, move each layer's threshold so it keeps as many "
+        Knob("cooldown", float, (0.5,), 0.0, 1.0, default=0.5,
+             help="fraction of the steps with mask loss weight 1 (0 afterwards)"),
+        Knob("calibrate", str, ("gt",), choices=("gt", "off"), default="gt",
+             help="gt: after each mask-phase pass, move each layer's threshold so it keeps as many "
                   "filters on average as the ground truth (our addition); off: the paper's "
                   "sigmoid > 0.5"),
     )
     exclusive = (("r", "macs"),)
 
     def apply(self, ctx: MethodContext, knobs: Mapping[str, Any]) -> Compressed:
-        mode, pool = knobs.get("mode", "decoupled"), knobs.get("pool", "max")
-        cooldown = float(knobs.get("cooldown", 0.5))
-        recipe = RECIPES[ctx.preset]
+        mode, pool, cooldown = knobs["mode"], knobs["pool"], float(knobs["cooldown"])
+        recipe = recipe_for(ctx)
         fingerprint = _fingerprint(ctx.model)
         baseline = copy.deepcopy(ctx.model)  # wrap() edits its model in place
-        net = wrap(ctx.model, tuple(ctx.data.input_shape), pool=pool, mode=mode)
+        net = wrap(ctx.model, tuple(ctx.data.input_shape), family=ctx.family, pool=pool, mode=mode)
         dense = net.spec.dense_macs()
         # Cost before training: the MACs(r) curve of the ground-truth rule on the trained baseline.
         n_est = 64 if ctx.structure_only else ESTIMATE_SAMPLES
@@ -134,7 +139,7 @@ class FTWT(Method):
             # under 1 GB; ImageNet-size inputs are capped so the widest activation stays ~1 GB
             hw = ctx.data.input_shape[-1] * ctx.data.input_shape[-2]
             calib_n = ESTIMATE_SAMPLES if hw <= 64 * 64 else CALIBRATE_SAMPLES_LARGE
-            calib_images = images[:calib_n] if knobs.get("calibrate", "gt") == "gt" else None
+            calib_images = images[:calib_n] if knobs["calibrate"] == "gt" else None
             train_s = _train(net, ctx, recipe, cooldown, knobs, r, fingerprint, calib_images)
         # how many filters the deployed predictors keep against the final network's ground truth
         kept, gt_kept = keep_rates(net, images)
@@ -147,7 +152,7 @@ class FTWT(Method):
         p10, p50, p90 = np.percentile(per_sample, [10, 50, 90])
         extra = {
             "ftwt_r": r, "ftwt_mode": mode, "ftwt_pool": pool, "ftwt_cooldown": cooldown,
-            "ftwt_calibrate": knobs.get("calibrate", "gt"),
+            "ftwt_calibrate": knobs["calibrate"],
             "ftwt_kept_frac": round(float(kept.mean()), 4), "ftwt_gt_kept_frac": round(float(gt_kept.mean()), 4),
             "ftwt_est_reduction": round(1 - est_ratio, 4),
             "ftwt_achieved_reduction": round(1 - mean_macs / dense, 4),
@@ -155,7 +160,7 @@ class FTWT(Method):
             "ftwt_macs_mean": mean_macs, "ftwt_macs_p10": float(p10), "ftwt_macs_p50": float(p50),
             "ftwt_macs_p90": float(p90), "ftwt_dense_macs_counted": dense,
             "ftwt_predictor_macs": net.spec.predictor_macs(net.units),
-            "ftwt_recipe_epochs": recipe.epochs,
+            **recipe_columns(recipe),
         }
         ctx.log(f"  ftwt: achieved MACs ratio {mean_macs / dense:.3f} (estimated {est_ratio:.3f})")
         deps = []
@@ -169,8 +174,8 @@ class FTWT(Method):
             # the dense baseline run by the same engine: its accuracy is the baseline's, its cost
             # is the engine's at dense compute (the fine-tuned backbone, unmasked, is not a
             # network anyone would deploy: it was trained under masks)
-            engine_dense = build_skip(wrap(baseline, tuple(ctx.data.input_shape), pool=pool, mode=mode),
-                                      select_all=True)
+            engine_dense = build_skip(wrap(baseline, tuple(ctx.data.input_shape), family=ctx.family, pool=pool,
+                                           mode=mode), select_all=True)
             deps.append(Deployable(engine_dense, "skip-all", export_onnx=export_skip_onnx,
                                    macs=float(dense), check_graph=check_skip_graph, **RUNTIME_SHAPES,
                                    extra={**extra, "ftwt_execution": "the dense baseline in the skip engine, "
@@ -185,12 +190,13 @@ def _train(net: FTWTNet, ctx: MethodContext, recipe: TrainRecipe, cooldown: floa
            knobs: Mapping[str, Any], r: float, fingerprint: str,
            calib_images: torch.Tensor | None) -> float:
     """The dynamic stage, from the trained baseline: CE + lambda * L_mask with lambda = 1 for the
-    first ``cooldown`` fraction of the epochs, then 0. After the cooldown the ground truth is no
+    first ``cooldown`` fraction of the steps, then 0. After the cooldown the ground truth is no
     longer computed, so the predictors stop moving (the released code keeps stepping them with zero
     gradient, which only lets their momentum decay). With ``calib_images``, the thresholds are
-    calibrated (``gating.calibrate``) at the end of every mask-phase epoch, so the backbone always
-    trains on masks with the ground truth's keep rate, and the remaining epochs fine-tune it on the
-    masks that will be deployed. Returns the training seconds."""
+    calibrated (``calibration.calibrate``) at the end of every pass over the loader within the mask
+    phase and at its end, so the backbone always trains on masks with the ground truth's keep rate,
+    and the remaining steps fine-tune it on the masks that will be deployed. Returns the training
+    seconds."""
     pred = [p for u in net.units for p in u.predictor.parameters()]
     pred_ids = {id(p) for p in pred}
     backbone = [p for p in net.parameters() if id(p) not in pred_ids and p.requires_grad]
@@ -198,18 +204,18 @@ def _train(net: FTWTNet, ctx: MethodContext, recipe: TrainRecipe, cooldown: floa
         {"params": backbone, "weight_decay": recipe.weight_decay},
         {"params": pred, "weight_decay": 0.0, "momentum": PREDICTOR_MOMENTUM, "fixed_lr": PREDICTOR_LR},
     ], lr=recipe.lr, momentum=recipe.momentum)
-    mask_epochs = int(round(cooldown * recipe.epochs))
-    # resumable: a killed sweep continues from the last finished epoch of this exact run
+    mask_steps = int(round(cooldown * recipe.steps))
+    # resumable: a killed sweep continues from the last checkpoint of this exact run
     key = hashlib.sha256(json.dumps([ctx.model_name, fingerprint, repr(recipe), ctx.seed,
                                      sorted(knobs.items()), r, ctx.data.content_hash],
                                     default=str).encode()).hexdigest()[:16]
     ckpt = Path(ctx.workdir) / f"ftwt-{ctx.model_name}-{key}.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     try:
-        done = int(torch.load(ckpt, weights_only=True).get("epoch", 0)) if ckpt.exists() else 0
+        done = int(torch.load(ckpt, weights_only=True).get("step", 0)) if ckpt.exists() else 0
     except Exception:  # unusable checkpoint: fit says so and starts over
         done = 0
-    net.set(collect=done < mask_epochs, gating=True, record=False)
+    net.set(collect=done < mask_steps, gating=True, record=False)
 
     def extra_loss(model, x, y, out):
         if not net.units[0].collect:
@@ -224,19 +230,22 @@ def _train(net: FTWTNet, ctx: MethodContext, recipe: TrainRecipe, cooldown: floa
             ctx.log(f"  ftwt: thresholds calibrated to the ground truth's keep rate "
                     f"(worst layer off by {max(residual):.3f} of its filters)")
 
-    def on_epoch_end(epoch: int, model) -> None:
-        # calibrated after every epoch of the mask phase, so the backbone trains on masks with the
-        # ground truth's keep rate from the first epoch on; the last one is what is deployed
-        if epoch + 1 <= mask_epochs:
-            calibrate_now(last=epoch + 1 == mask_epochs)
-        if epoch + 1 == mask_epochs:
+    def on_pass_end(step: int, model) -> None:
+        # calibrated after every pass of the mask phase, so the backbone trains on masks with the
+        # ground truth's keep rate from the first pass on
+        if step < mask_steps:
+            calibrate_now(last=False)
+
+    def on_step_end(step: int, model) -> None:
+        if step == mask_steps:  # the end of the mask phase: the calibration that is deployed
+            calibrate_now(last=True)
             net.set(collect=False)
             for u in net.units:
                 u.last = {}
 
-    if mask_epochs == 0 and done == 0:  # cooldown 0: the predictors never train
+    if mask_steps == 0 and done == 0:  # cooldown 0: the predictors never train
         net.set(collect=False)
         calibrate_now(last=True)
     result = fit(net, ctx.data, recipe, seed=ctx.seed, optimizer=opt, extra_loss=extra_loss,
-                 on_epoch_end=on_epoch_end, desc="ftwt", progress=False, checkpoint=ckpt)
+                 on_step_end=on_step_end, on_pass_end=on_pass_end, desc="ftwt", progress=False, checkpoint=ckpt)
     return result.train_s

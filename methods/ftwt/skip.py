@@ -36,7 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from methods.ftwt.gating import FTWTNet, GatedUnit
+from methods.ftwt.gating import GatedUnit
+from methods.ftwt.wiring import FTWTNet
 
 
 def _fold(unit: GatedUnit) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,7 +292,7 @@ class SkipVGG(nn.Module):
         return F.linear(x, w, self.fc_b)
 
 
-SKIP_FAMILIES = {"cifar_resnet": SkipResNet, "cifar_vgg": SkipVGG}
+SKIP_FAMILIES = {"resnet_cifar": SkipResNet, "vgg_cifar": SkipVGG}
 
 
 def build_skip(net: FTWTNet, select_all: bool = False) -> nn.Module | None:

@@ -1,154 +1,24 @@
-"""FTWT mask predictors, the ground-truth rule, model wrapping and per-sample cost accounting.
+"""Where FTWT's gated units go in each model family, and the wrapped network (``FTWTNet``).
 
-A ``GatedUnit`` replaces one conv+BN+activation triple of a model *in place* (the BN and the
-activation modules of the original model become ``nn.Identity``), so the original model class and
-its forward stay untouched. The unit computes the dense output and multiplies it by the predicted
-binary mask; that is the training model and the "masked-dense" deployable (what the released code
-does). Real skipping is in ``methods.ftwt.skip``.
-
-Which input feeds which conv is recorded in a ``CostSpec`` while wrapping (each family's wrapper
-knows its wiring), and the per-sample MACs are computed from the recorded masks with the corrected
-rules of papers.md 1.5: depthwise convs cost active_out*H*W*k^2, a conv after a residual add reads a
-dense input, and the classifier and shortcut convs are in both the numerator and the denominator.
+The wiring is chosen by the model's registered family (``harness.models.model_spec(name).family``,
+given by the method context), never guessed from module names: each family's wrapper replaces its
+conv+BN+activation triples by ``GatedUnit``s and records, for the cost accounting, which unit's
+mask gives each layer's live input channels.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-
-import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-# The released code's tolerance: a channel at sorted position j is dropped if S_j - r > 1e-5, and a
-# channel whose normalised mass is <= 1e-5 is "dead" (no pixel fires).
-GT_EPS = 1e-5
-
-
-@torch.no_grad()
-def ground_truth(out: torch.Tensor, r: float) -> torch.Tensor:
-    """FTWT "rank features" target: (B, C) float 0/1.
-
-    Per sample: a_c = max_{h,w} |out_c|, p = a / sum(a); sort p descending, cumulative sum S_j; keep
-    the channels at sorted positions with S_j <= r + 1e-5 and mass p > 1e-5 (r = 1 keeps all but
-    dead channels).
-    """
-    return masses_to_mask(normalised_mass(out.detach().abs().amax(dim=(2, 3))), r)
-
-
-def normalised_mass(a: torch.Tensor) -> torch.Tensor:
-    """p = a / sum(a) per sample, for the per-channel peaks ``a`` (B, C)."""
-    return a / a.sum(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def masses_to_mask(p: torch.Tensor, r: float) -> torch.Tensor:
-    """The kept set for normalised masses ``p`` (B, C) at threshold ``r`` (see ``ground_truth``)."""
-    sorted_p, order = p.sort(dim=1, descending=True)
-    keep_sorted = (sorted_p.cumsum(dim=1) <= r + GT_EPS) & (sorted_p > GT_EPS)
-    mask = torch.zeros_like(p)
-    return mask.scatter_(1, order, keep_sorted.to(p.dtype))
-
-
-class GatedUnit(nn.Module):
-    """conv -> BN -> act, multiplied per sample by the binary mask of a predictor head.
-
-    Predictor (papers.md 1.2 step 3): pool the layer input to one value per channel (``pool`` =
-    "max", the paper, or "avg", the released code), softmax over channels, Linear C_in -> C_out,
-    mask = logit > 0 (the same as sigmoid > 0.5). ``mode`` "decoupled" feeds the predictor a detached
-    input (only the mask loss trains it); "joint" lets the mask loss reach the backbone too. The mask
-    itself never carries a gradient (no straight-through path from the task loss).
-    """
-
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Module, pool: str = "max",
-                 mode: str = "decoupled"):
-        super().__init__()
-        self.conv, self.bn, self.act = conv, bn, act
-        self.predictor = nn.Linear(conv.in_channels, conv.out_channels)
-        self.pool, self.mode = pool, mode
-        self.r = 1.0
-        self.gating = True    # False: dense output (used for the estimate on the baseline)
-        self.collect = False  # True: keep logits and ground truth for the mask loss / estimate
-        self.record = False   # True: keep the mask for cost accounting
-        self.calibrating = False  # True (with collect): set the threshold from this batch (calibrate)
-        self.last: dict[str, torch.Tensor] = {}
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        e = x.detach() if self.mode == "decoupled" else x
-        e = e.amax(dim=(2, 3)) if self.pool == "max" else e.mean(dim=(2, 3))
-        return self.predictor(torch.softmax(e, dim=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.logits(x)
-        out = self.act(self.bn(self.conv(x)))
-        if self.collect:
-            with torch.no_grad():
-                peak = out.detach().abs().amax(dim=(2, 3))
-                gt = masses_to_mask(normalised_mass(peak), self.r)
-                if self.calibrating:
-                    t = _threshold(logits, int(gt.sum()))
-                    self.predictor.bias.sub_(t)
-                    logits = logits - t
-                self.last = {"logits": logits, "peak": peak, "gt": gt}
-        if not self.gating:
-            return out
-        mask = (logits.detach() > 0).to(out.dtype)
-        if self.record:
-            self.last["mask"] = mask
-        return out * mask[:, :, None, None]
-
-
-@dataclass
-class CostEntry:
-    """One MAC-counted layer: ``unit`` is the index of its GatedUnit (None: never gated, e.g. a
-    shortcut conv or the classifier); ``src`` the index of the unit whose mask gives the live input
-    channels (None: dense input, e.g. the image or the output of a residual add)."""
-
-    name: str
-    kind: str  # "conv" | "dwconv" | "linear"
-    c_in: int
-    c_out: int
-    k2: int
-    hw: int
-    unit: int | None
-    src: int | None
-    in_spatial: int = 1  # linear layers fed by a flattened C x H x W map (1 for CIFAR nets)
-
-
-@dataclass
-class CostSpec:
-    entries: list[CostEntry] = field(default_factory=list)
-
-    def dense_macs(self) -> int:
-        return int(sum(_macs(e, e.c_in, e.c_out) for e in self.entries))
-
-    def per_sample(self, masks: list[torch.Tensor]) -> np.ndarray:
-        """Per-sample MACs (B,) given each unit's (B, C_out) 0/1 mask."""
-        counts = [m.sum(dim=1).double() for m in masks]
-        batch = masks[0].shape[0] if masks else 1
-        total = torch.zeros(batch, dtype=torch.float64)
-        for e in self.entries:
-            a_out = counts[e.unit] if e.unit is not None else torch.full((batch,), float(e.c_out), dtype=torch.float64)
-            a_in = counts[e.src] if e.src is not None else torch.full((batch,), float(e.c_in), dtype=torch.float64)
-            total += _macs(e, a_in, a_out)
-        return total.numpy()
-
-    def predictor_macs(self, units: list[GatedUnit]) -> int:
-        """MACs of all predictor heads (dense Linear C_in x C_out each), reported separately."""
-        return int(sum(u.predictor.in_features * u.predictor.out_features for u in units))
-
-
-def _macs(e: CostEntry, a_in, a_out):
-    if e.kind == "linear":
-        return a_out * a_in * e.in_spatial
-    if e.kind == "dwconv":  # corrected rule: active_out * H * W * k^2 (papers.md 1.5)
-        return a_out * e.hw * e.k2
-    return a_out * e.hw * e.k2 * a_in
+from harness.errors import UserError
+from methods.ftwt.cost import CostEntry, CostSpec
+from methods.ftwt.gating import GatedUnit
 
 
 class FTWTNet(nn.Module):
     """The wrapped model (``net``, its original class with GatedUnits inside) plus its units, in
-    forward order, and its cost spec. ``family`` names the wiring (used by the skipping engine)."""
+    forward order, and its cost spec. ``family`` is the registered model family whose wiring was
+    used (the skipping engine picks its network by it)."""
 
     def __init__(self, net: nn.Module, family: str, units: list[GatedUnit], spec: CostSpec):
         super().__init__()
@@ -289,31 +159,22 @@ def _wrap_tv_mobilenet(model: nn.Module, b: _Builder) -> None:
     b.plain("classifier.1", model.classifier[1], live)
 
 
-def _family(model: nn.Module) -> str:
-    names = {n for n, _ in model.named_children()}
-    if {"layer1", "layer2", "layer3", "fc"} <= names and "layer4" not in names:
-        return "cifar_resnet"
-    if "layer4" in names:
-        return "tv_resnet"
-    if {"features", "classifier"} <= names and isinstance(model.classifier, nn.Linear):
-        return "cifar_vgg"
-    if "bottlenecks" in names:
-        return "cifar_mobilenet"
-    if {"features", "classifier"} <= names and any(hasattr(m, "use_res_connect") for m in model.features):
-        return "tv_mobilenet"
-    raise ValueError(f"ftwt: no predictor placement for {type(model).__name__}")
+# registered model family (harness.models.FAMILIES) -> its wiring
+WIRINGS = {"resnet_cifar": _wrap_cifar_resnet, "vgg_cifar": _wrap_cifar_vgg,
+           "mobilenet_v2_cifar": _wrap_cifar_mobilenet, "resnet_imagenet": _wrap_tv_resnet,
+           "mobilenet_v2_imagenet": _wrap_tv_mobilenet}
 
 
-_WRAPPERS = {"cifar_resnet": _wrap_cifar_resnet, "cifar_vgg": _wrap_cifar_vgg,
-             "cifar_mobilenet": _wrap_cifar_mobilenet, "tv_resnet": _wrap_tv_resnet,
-             "tv_mobilenet": _wrap_tv_mobilenet}
-
-
-def wrap(model: nn.Module, input_shape: tuple[int, ...], pool: str = "max", mode: str = "decoupled") -> FTWTNet:
-    """Put a GatedUnit on every prunable conv of ``model`` (in place) and build its cost spec."""
-    family = _family(model)
+def wrap(model: nn.Module, input_shape: tuple[int, ...], *, family: str | None, pool: str = "max",
+         mode: str = "decoupled") -> FTWTNet:
+    """Put a GatedUnit on every prunable conv of ``model`` (in place) and build its cost spec;
+    ``family`` is the model's registered family (``MethodContext.family``), which picks the
+    wiring. UserError for a family without one."""
+    if family not in WIRINGS:
+        raise UserError(f"ftwt: no predictor wiring for model family {family!r} "
+                        f"(wired: {', '.join(WIRINGS)})")
     b = _Builder(pool, mode)
-    _WRAPPERS[family](model, b)
+    WIRINGS[family](model, b)
     # output sizes from one probe pass (gating off: a dense pass)
     sizes: dict[int, tuple[int, int]] = {}
     hooks = [layer.register_forward_hook(lambda m, i, o, k=id(layer): sizes.__setitem__(k, (o.shape, i[0].shape)))
@@ -342,132 +203,3 @@ def wrap(model: nn.Module, input_shape: tuple[int, ...], pool: str = "max", mode
                               k2, int(out_shape[2] * out_shape[3]), unit, src)
         net.spec.entries.append(entry)
     return net
-
-
-# ----------------------------------------------------------------------------- measuring and estimating
-@torch.no_grad()
-def measure_macs(net: FTWTNet, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Per-sample MACs of the gated (predicted-mask) model on ``x`` (eval mode)."""
-    net.eval().set(record=True, collect=False, gating=True)
-    out = []
-    try:
-        for i in range(0, len(x), batch_size):
-            net(x[i:i + batch_size])
-            out.append(net.spec.per_sample([u.last["mask"] for u in net.units]))
-    finally:
-        net.set(record=False)
-        for u in net.units:
-            u.last = {}
-    return np.concatenate(out)
-
-
-@torch.no_grad()
-def estimate_curve(net: FTWTNet, x: torch.Tensor, rs: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Expected MACs ratio for each r in ``rs``, before any training (papers.md 1.2 step 9):
-    the ground-truth rule run on the *dense* baseline (no masking), with the ground truth in place
-    of the predicted mask in the cost formula. One pass serves every r."""
-    net.eval().set(collect=True, gating=False)
-    dense = net.spec.dense_macs()
-    totals = np.zeros(len(rs))
-    n = 0
-    try:
-        for i in range(0, len(x), batch_size):
-            net(x[i:i + batch_size])
-            masses = []
-            for u in net.units:
-                masses.append(normalised_mass(u.last["peak"]))
-            for j, r in enumerate(rs):
-                totals[j] += net.spec.per_sample([masses_to_mask(p, float(r)) for p in masses]).sum()
-            n += len(x[i:i + batch_size])
-    finally:
-        net.set(collect=False, gating=True)
-        for u in net.units:
-            u.last = {}
-    return totals / max(n, 1) / dense
-
-
-@torch.no_grad()
-def calibrate(net: FTWTNet, x: torch.Tensor, batch_size: int = 256, check: bool = True) -> list[float] | None:
-    """Shift each predictor's bias so that its mean kept count on ``x`` equals the ground truth's.
-
-    Why (measured, see README "Calibration"): the paper's rule, mask = sigmoid(logit) > 0.5, is the
-    BCE-optimal decision per channel, so a channel that the ground truth keeps for more than half of
-    the inputs is kept for (nearly) all of them when the predictor cannot tell inputs apart well.
-    On digits the predictors converge to about that: ResNet-56 at r = 0.8 keeps 81% of the filters
-    where the ground truth keeps 70%, which puts the achieved MACs 10-19 points above the estimate.
-    Calibration keeps the predictor's ranking of inputs and channels (its logits) and moves only
-    each layer's decision threshold, to the quantile at which the layer keeps as many filters, on
-    average, as the ground truth does.
-
-    One forward pass over all of ``x`` at once (eval mode, no grad): each unit sets its threshold
-    from the whole set's logits before its mask is applied, so every layer is calibrated on inputs
-    masked by the already calibrated layers before it. Keep ``x`` small enough for one batch (1,024
-    CIFAR-size images take well under 1 GB). With ``check``, returns per layer |mean kept - mean
-    ground-truth kept| / C_out measured afterwards on ``x`` in batches of ``batch_size`` (0 up to
-    ties; one more pass); without, returns None.
-    """
-    with _probing(net, calibrating=True):
-        net(x)
-    if not check:
-        return None
-    kept, gt = keep_rates(net, x, batch_size)
-    return list(np.abs(kept - gt))
-
-
-@torch.no_grad()
-def keep_rates(net: FTWTNet, x: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Per layer, the mean fraction of filters the predictors keep on ``x`` and the mean fraction
-    the ground truth keeps (on the same, masked, forward pass; eval mode). Flags are restored."""
-    kept = np.zeros(len(net.units))
-    gt = np.zeros(len(net.units))
-    with _probing(net):
-        for i in range(0, len(x), batch_size):
-            net(x[i:i + batch_size])
-            for j, u in enumerate(net.units):
-                kept[j] += float((u.last["logits"] > 0).sum())
-                gt[j] += float(u.last["gt"].sum())
-    width = np.array([u.predictor.out_features for u in net.units], float)
-    return kept / max(len(x), 1) / width, gt / max(len(x), 1) / width
-
-
-@contextmanager
-def _probing(net: FTWTNet, calibrating: bool = False):
-    """Eval mode with masks applied and ground truth collected; restores the train/eval mode and
-    every unit's ``collect`` flag afterwards, and drops what the pass kept."""
-    was, collecting = net.training, [u.collect for u in net.units]
-    net.eval().set(collect=True, gating=True, record=False, calibrating=calibrating)
-    try:
-        yield
-    finally:
-        for u, c in zip(net.units, collecting):
-            u.collect, u.calibrating, u.last = c, False, {}
-        net.train(was)
-
-
-def _threshold(logits: torch.Tensor, k: int) -> float:
-    """The logit threshold above which exactly ``k`` of ``logits`` lie (midway between the k-th
-    and (k+1)-th largest values)."""
-    flat = logits.flatten().sort(descending=True).values
-    if k <= 0:
-        return float(flat[0]) + 1.0
-    if k >= len(flat):
-        return float(flat[-1]) - 1.0
-    return 0.5 * float(flat[k - 1] + flat[k])
-
-
-def r_for_macs(rs: np.ndarray, ratios: np.ndarray, target: float) -> float:
-    """The r whose estimated MACs ratio is closest to ``target`` (linear interpolation on the
-    monotone curve; the curve is non-decreasing in r)."""
-    ratios = np.maximum.accumulate(ratios)
-    if target <= ratios[0]:
-        return float(rs[0])
-    if target >= ratios[-1]:
-        return float(rs[-1])
-    return float(np.interp(target, ratios, rs))
-
-
-def mask_loss(units: list[GatedUnit]) -> torch.Tensor:
-    """L_mask = mean over layers of (sum over channels of mean over batch BCEWithLogits)."""
-    per_layer = [F.binary_cross_entropy_with_logits(u.last["logits"], u.last["gt"], reduction="none")
-                 .mean(dim=0).sum() for u in units]
-    return torch.stack(per_layer).mean()

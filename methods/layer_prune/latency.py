@@ -12,7 +12,7 @@ from torch import nn
 
 from harness.macs import count_cost
 from harness.models import Unit
-from methods.layer_prune.surgery import removed_copy, signatures
+from methods.pruning.units import removed_copy, signatures
 
 TOLERANCE = 0.10  # the "done": within 10% of the requested latency
 _REFINE_TOL = 0.05  # aim tighter than the tolerance, the final measurement is noisy

@@ -1,5 +1,7 @@
-"""Filter-importance criteria of LayerPrune (papers.md 2.2), collected in one shot, and the
-layer (unit) importance built from them. Shared by ``layer-prune`` and ``filter-prune``.
+"""Filter-importance criteria of LayerPrune (papers.md 2.2), collected in one shot, the
+imprint criterion of its companion paper (papers.md 2.2 step 6), and the layer (unit) importance
+built from them. Shared by ``layer-prune`` and ``filter-prune`` (imprint scores units, not
+filters: layer-prune only).
 
 Collection follows the Taylor-pruning engine the paper uses (NVlabs/Taylor_pruning,
 ``do_iterative_pruning: false``): the model TRAINS for a number of batches (default one epoch,
@@ -19,10 +21,13 @@ Criteria (engine method ids in brackets), per output filter c of a conv followed
   gate-taylor   [22] (g * dL/dg)^2 with g = 1, i.e. (dL/dg)^2, g a gate after the BN
   bn-scale      [30] |gamma| of the BN
   random        [1]  uniform(0, 1), seeded (a control)
+  imprint            (ICIP'20, one-shot-layer-pruning) per UNIT: accuracy of an imprinted linear
+                     classifier on the unit's output minus that on its input (see ``imprint``)
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,7 +42,9 @@ CRITERIA = ("weight-taylor", "weight-norm", "weight-l1", "fmap-taylor", "gate-ta
             "random")
 # The paper's table compares these five; "ensemble" sums their ranks (plot_layer_importance.py).
 ENSEMBLE_OF = ("weight-taylor", "weight-norm", "fmap-taylor", "gate-taylor", "bn-scale")
-CHOICES = CRITERIA + ("ensemble",)
+IMPRINT = "imprint"
+FILTER_CHOICES = CRITERIA + ("ensemble",)   # criteria that rank filters (filter-prune)
+CHOICES = FILTER_CHOICES + (IMPRINT,)        # criteria that rank units (layer-prune)
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,113 @@ def structural_scores(model: nn.Module, seed: int) -> Scores:
     return out
 
 
+def structural_imprint(model: nn.Module, units: list[Unit]) -> dict[str, torch.Tensor]:
+    """The data-free stand-in for imprint (``structure_only``): each unit's mean squared filter
+    weight norm."""
+    return {u.name: torch.tensor([float(np.mean([model.get_submodule(c).weight.detach().pow(2).flatten(1)
+                                                  .sum(1).mean() for c, _ in u.filters]))])
+            for u in units}
+
+
+# ----------------------------------------------------------------------------- imprint (ICIP'20)
+IMPRINT_DIM = 512  # d is chosen so that d^2 * C is about this (papers.md 2.2 step 6)
+
+
+def imprint_features(a: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, d*d*C): adaptive average pooling to d x d, d = round(sqrt(512 / C))
+    (at least 1, at most the map's size), flattened; a (B, F) input is returned as it is."""
+    if a.dim() == 2:
+        return a
+    c, h, w = a.shape[1:]
+    d = max(1, min(round(math.sqrt(IMPRINT_DIM / c)), h, w))
+    return nn.functional.adaptive_avg_pool2d(a, d).flatten(1)
+
+
+def imprint_weights(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Imprinted classifier weights (K, F): per class, the mean feature (``sums`` (K, F) over
+    ``counts`` (K,) samples), L2-normalised; a class without samples gets a zero row."""
+    means = sums / counts.clamp_min(1).unsqueeze(1).to(sums.dtype)
+    return means / means.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def imprint_correct(weights: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor) -> int:
+    """How many of ``feats`` (B, F) the dot-product classifier ``weights`` (K, F) gets right."""
+    return int(((feats @ weights.T).argmax(dim=1) == labels).sum())
+
+
+class _UnitTaps:
+    """Forward hooks keeping each unit's input (of its first module) and output (of its last
+    module), pooled by ``imprint_features``."""
+
+    def __init__(self, model: nn.Module, units: list[Unit]):
+        self.inp: dict[str, torch.Tensor] = {}
+        self.out: dict[str, torch.Tensor] = {}
+        self.handles = []
+        for u in units:
+            first, last = model.get_submodule(u.modules[0]), model.get_submodule(u.modules[-1])
+            self.handles.append(first.register_forward_hook(
+                lambda m, i, o, n=u.name: self.inp.__setitem__(n, imprint_features(i[0]))))
+            self.handles.append(last.register_forward_hook(
+                lambda m, i, o, n=u.name: self.out.__setitem__(n, imprint_features(o))))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@torch.no_grad()
+def imprint(model: nn.Module, data: DataBundle, units: list[Unit], *, batch_size: int = 256,
+            holdout_every: int = 5, log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+    """The imprint criterion per unit (one-element tensor by unit name): accuracy (%) of an
+    imprinted classifier on the unit's output minus that on its input (its gain over the
+    preceding layer, papers.md 2.2 step 6; units with the least gain go first).
+
+    Weights are imprinted from the training split (eval mode, no augmentation) except every
+    ``holdout_every``-th image, which is the set the accuracies are scored on. The companion
+    paper scores on the test set; here the test set is kept for the rows' accuracy, never for a
+    choice the method makes."""
+    loader = make_loader(data.train, batch_size=batch_size, shuffle=False, seed=0, augment=False)
+    k = data.num_classes
+    model.eval()
+    taps = _UnitTaps(model, units)
+    sides = (("in", taps.inp), ("out", taps.out))
+    sums: dict[str, torch.Tensor] = {}
+    counts = torch.zeros(k)
+    correct: dict[str, int] = {}
+    n_held = 0
+    try:
+        # two passes, so memory does not grow with the training set: imprint, then score
+        for scoring in (False, True):
+            weights = {key: imprint_weights(v, counts) for key, v in sums.items()} if scoring else {}
+            start = 0
+            for x, y in loader:
+                hold = (torch.arange(start, start + len(y)) % holdout_every) == 0
+                start += len(y)
+                if not (hold if scoring else ~hold).any():
+                    continue
+                model(x)
+                for side, feats in sides:
+                    for name, f in feats.items():
+                        key = f"{side}:{name}"
+                        if scoring:
+                            correct[key] = correct.get(key, 0) + imprint_correct(weights[key], f[hold].double(), y[hold])
+                        else:
+                            acc = sums.setdefault(key, torch.zeros(k, f.shape[1], dtype=torch.float64))
+                            acc.index_add_(0, y[~hold], f[~hold].double())
+                if scoring:
+                    n_held += int(hold.sum())
+                else:
+                    counts += torch.bincount(y[~hold], minlength=k).float()
+    finally:
+        taps.remove()
+    if n_held == 0:
+        raise ValueError("imprint: no held-out training images to score on")
+    out = {u.name: torch.tensor([100.0 * (correct[f"out:{u.name}"] - correct[f"in:{u.name}"]) / n_held],
+                                dtype=torch.float64) for u in units}
+    log(f"    imprint: {len(units)} units scored on {n_held} held-out training images")
+    return out
+
+
 # ----------------------------------------------------------------------------- layer importance
 
 def ranks(values: np.ndarray) -> np.ndarray:
@@ -191,13 +305,17 @@ def unit_importance(scores: Scores, units: list[Unit], criterion: str) -> np.nda
     if criterion == "ensemble":
         return sum(ranks(unit_importance(scores, units, c)) for c in ENSEMBLE_OF).astype(np.float64)
     per = scores[criterion]
+    if criterion == IMPRINT:  # a unit-level criterion: one value per unit, by unit name
+        return np.array([float(per[u.name].mean()) for u in units])
     return np.array([np.mean([float(per[conv].mean()) for conv, _ in u.filters]) for u in units])
 
 
 def filter_scores(scores: Scores, criterion: str) -> dict[str, torch.Tensor]:
     """Per-filter scores of one criterion; ``ensemble`` = summed within-layer ranks of
     ENSEMBLE_OF (filter pruning here removes the same fraction per layer, so only the order
-    inside a layer matters)."""
+    inside a layer matters). ``imprint`` scores units, not filters: ValueError."""
+    if criterion == IMPRINT:
+        raise ValueError("the imprint criterion scores units (layers), not filters")
     if criterion != "ensemble":
         return scores[criterion]
     convs = scores[ENSEMBLE_OF[0]].keys()

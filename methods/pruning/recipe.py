@@ -1,42 +1,40 @@
-"""The fine-tune recipe of both layer-prune and filter-prune, per preset: the ONE place to change it.
+"""The fine-tune of both layer-prune and filter-prune: one recipe, so a layer-pruned network and
+its filter-pruned twin are fine-tuned with identical steps, schedule and data.
 
-publication = the paper's ``one-shot-finetune.sh`` -> ``finetune.py``: SGD momentum 0.9, lr 1e-3,
-x0.1 every 10 epochs, 30 epochs, batch 128, weight decay 5e-4 (the script's default; it passes no
---wd). quick and standard keep lr, momentum, wd and the two x0.1 steps, scaled down for the
-1,797-image digits set (whose baseline itself trains 6 / 15 epochs): quick 6 epochs (step every
-2), standard 15 epochs (step every 5).
+Shape: the paper's ``one-shot-finetune.sh`` -> ``finetune.py``: SGD momentum 0.9, lr 1e-3, x0.1
+every 10 of 30 epochs (milestones at 1/3 and 2/3 of the run), weight decay 5e-4 (the script's
+default; it passes no --wd), batch 128. Length: publication = the paper's 30 CIFAR-10 epochs at
+batch 128 (11,730 steps); quick / standard = the kit's fine-tune length (``methods.recipes``:
+120 / 2,000 steps at batch 32), the paper's lr and schedule shape kept.
 """
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any
 
 from torch import nn
 
-from harness.data import DataBundle
 from harness.train import TrainRecipe, fit
+from methods.base import MethodContext
+from methods.recipes import recipe_columns
 
-FINETUNE_RECIPES: dict[str, TrainRecipe] = {
-    "quick": TrainRecipe(epochs=6, lr=1e-3, momentum=0.9, weight_decay=5e-4, batch_size=128,
-                         schedule="step", step_size=2, gamma=0.1),
-    "standard": TrainRecipe(epochs=15, lr=1e-3, momentum=0.9, weight_decay=5e-4, batch_size=128,
-                            schedule="step", step_size=5, gamma=0.1),
-    "publication": TrainRecipe(epochs=30, lr=1e-3, momentum=0.9, weight_decay=5e-4, batch_size=128,
-                               schedule="step", step_size=10, gamma=0.1),
-}
+SHAPE = TrainRecipe(lr=1e-3, momentum=0.9, weight_decay=5e-4, batch_size=128, schedule="multistep",
+                    milestones=(1 / 3, 2 / 3), gamma=0.1)
+PAPER_STEPS = 30 * 391  # 30 epochs of CIFAR's 50,000 training images at batch 128
 
 
-def finetune_recipe(preset: str) -> TrainRecipe:
-    """The fine-tune recipe for ``preset`` (unknown presets get the standard one)."""
-    return FINETUNE_RECIPES.get(preset, FINETUNE_RECIPES["standard"])
+def finetune_recipe(ctx: MethodContext) -> TrainRecipe:
+    """The pruning fine-tune of ``ctx``'s preset."""
+    return ctx.finetune_recipe(SHAPE, paper_steps=PAPER_STEPS)
 
 
-def finetune(model: nn.Module, data: DataBundle, preset: str, *, seed: int, desc: str,
-             log: Callable[[str], None]) -> float:
-    """Fine-tune ``model`` in place with the preset's recipe; returns wall seconds."""
-    recipe = finetune_recipe(preset)
+def finetune(model: nn.Module, ctx: MethodContext, desc: str) -> dict[str, Any]:
+    """Fine-tune ``model`` in place with the preset's pruning recipe; returns the row columns
+    (``finetune_s`` and ``finetune_steps``/``_lr``/``_schedule``/``_batch``)."""
+    recipe = finetune_recipe(ctx)
     t0 = time.perf_counter()
-    fit(model, data, recipe, seed=seed, desc=desc, progress=False)
+    fit(model, ctx.data, recipe, seed=ctx.seed, desc=desc, progress=False)
     model.eval()
-    log(f"    {desc}: fine-tuned {recipe.epochs} epochs in {time.perf_counter() - t0:.1f} s")
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    ctx.log(f"    {desc}: fine-tuned {recipe.steps} steps in {seconds:.1f} s")
+    return {"finetune_s": seconds, **recipe_columns(recipe)}

@@ -1,0 +1,86 @@
+"""Physical channel removal from precomputed per-filter scores, with Torch-Pruning
+(``tp.pruner.MetaPruner``, dependency-aware): a uniform fraction of every prunable layer
+(``prune_ratio``) or the fraction that meets a MACs target (``prune_to_macs``). Which layers keep
+their output channels is declared per model family (``harness.models.pruning_ignored_layers``;
+CIFAR ResNets: only the blocks' internal width, see ``harness.models.cifar_resnet``)."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from harness.errors import UserError
+from harness.macs import count_cost
+from harness.models import pruning_ignored_layers
+
+MAX_RATIO = 0.95  # TP keeps at least one channel per layer; beyond this layers degenerate
+
+
+class CriterionImportance(tp.importance.Importance):
+    """Torch-Pruning importance from precomputed per-filter scores (conv path -> tensor).
+
+    A group's score per channel = mean over the group's convs whose OUTPUT channels are pruned
+    and that have scores (coupled layers of a residual add contribute each), mapped to the
+    root's channel order through ``root_idxs``. Groups with no scored conv get the squared
+    L2 weight norm of their root (never happens for the conv-BN models here)."""
+
+    def __init__(self, model: nn.Module, scores: Mapping[str, torch.Tensor]):
+        self.by_module = {model.get_submodule(k): v.detach().float() for k, v in scores.items()}
+
+    @torch.no_grad()
+    def __call__(self, group: Any) -> torch.Tensor:
+        n = len(group[0].idxs)
+        total, count = torch.zeros(n), 0
+        for item in group:
+            dep, idxs = item.dep, item.idxs
+            score = self.by_module.get(dep.layer)
+            if score is None or dep.pruning_fn != tp.pruner.function.prune_conv_out_channels:
+                continue
+            if any(r is None for r in item.root_idxs):
+                continue
+            total.scatter_add_(0, torch.tensor(item.root_idxs), score[torch.tensor(idxs)])
+            count += 1
+        if count == 0:
+            return tp.importance.MagnitudeImportance(p=2)(group)
+        return total / count
+
+
+def prune_ratio(model: nn.Module, scores: Mapping[str, torch.Tensor], ratio: float,
+                input_shape: tuple[int, ...]) -> nn.Module:
+    """``model`` with ``ratio`` of the channels of every prunable layer removed, in place."""
+    if ratio <= 0:
+        return model.eval()
+    model.eval()
+    example = torch.zeros(1, *input_shape)
+    pruner = tp.pruner.MetaPruner(model, example, importance=CriterionImportance(model, scores),
+                                  pruning_ratio=ratio, ignored_layers=pruning_ignored_layers(model))
+    pruner.step()
+    return model
+
+
+def prune_to_macs(model: nn.Module, scores: Mapping[str, torch.Tensor], target_macs: float,
+                  input_shape: tuple[int, ...], iters: int = 14) -> tuple[nn.Module, float]:
+    """``model`` pruned (in place) at the ratio whose MACs are closest to ``target_macs``, found
+    by bisection (MACs fall monotonically with the ratio); returns (model, ratio)."""
+    cache: dict[float, int] = {}
+
+    def macs_at(r: float) -> int:
+        if r not in cache:
+            cache[r] = count_cost(prune_ratio(copy.deepcopy(model), scores, r, input_shape), input_shape).macs
+        return cache[r]
+
+    lo, hi = 0.0, MAX_RATIO
+    if macs_at(hi) > target_macs:
+        raise UserError(f"filter pruning cannot reach {target_macs:.3g} MACs "
+                        f"(ratio {MAX_RATIO} gives {macs_at(hi):.3g})")
+    best = min((lo, hi), key=lambda r: abs(macs_at(r) - target_macs))
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        m = macs_at(mid)
+        if abs(m - target_macs) < abs(macs_at(best) - target_macs):
+            best = mid
+        lo, hi = (mid, hi) if m > target_macs else (lo, mid)
+    return prune_ratio(model, scores, best, input_shape), best
