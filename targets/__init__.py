@@ -15,7 +15,7 @@ TARGETS.register("ort-cpu", "targets.ort_cpu:OrtCpu")
 TARGETS.register("ov-cpu", "targets.ov_cpu:OvCpu")
 TARGETS.register("trt", "targets.trt:TensorRT")
 TARGETS.register("tvm-cpu", "targets.tvm_cpu:TvmCpu")
-TARGETS.register("tvm-rpc", "targets.tvm_rpc:TvmRpc")
+TARGETS.register("tvm-arm", "targets.tvm_arm:TvmArm")
 
 
 def get_target(key: str) -> Target:

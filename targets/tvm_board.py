@@ -149,30 +149,29 @@ def _answers(host: str, port: int) -> bool:
 
 
 def start_host_server(tracker: str, key: str, *, host: str = "127.0.0.1", port: int = 9090,
-                      wait_s: float = 60.0, log: Path | None = None) -> subprocess.Popen:
+                      threads: int = 0, wait_s: float = 60.0, log: Path | None = None) -> subprocess.Popen:
     """A TVM RPC server run by this (host) Python, registered with ``tracker`` under ``key``:
     the fast stand-in for a board (tests, and ``tvm-arm`` with ``arch=host``)."""
     return _start_server([sys.executable], tracker, key, host=host, port=port, emulated=False,
-                         wait_s=wait_s, log=log, env=dict(os.environ))
+                         threads=threads or (os.cpu_count() or 1), wait_s=wait_s, log=log, env=dict(os.environ))
 
 
 def start_emulated_server(tracker: str, key: str, *, host: str = "127.0.0.1", port: int = 9090,
-                          sysroot: Path | None = None, wait_s: float = 300.0,
+                          sysroot: Path | None = None, threads: int = 0, wait_s: float = 300.0,
                           log: Path | None = None) -> subprocess.Popen:
     """An aarch64 TVM RPC server under qemu-aarch64 (sysroot from the cache, built when missing),
     registered with ``tracker`` under ``key``; ready (the tracker holds the key) when returned."""
     root = build_sysroot(sysroot)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(root / "home"), "TVM_NUM_THREADS": "1",
-           "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8"}
-    return _start_server([str(root / "python-aarch64")], tracker, key, host=host, port=port,
-                         emulated=True, wait_s=wait_s, log=log, env=env)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(root / "home"), "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8"}
+    return _start_server([str(root / "python-aarch64")], tracker, key, host=host, port=port, emulated=True,
+                         threads=threads or (os.cpu_count() or 1), wait_s=wait_s, log=log, env=env)
 
 
 def _start_server(python: list[str], tracker: str, key: str, *, host: str, port: int, emulated: bool,
-                  wait_s: float, log: Path | None, env: dict) -> subprocess.Popen:
+                  threads: int, wait_s: float, log: Path | None, env: dict) -> subprocess.Popen:
     out = open(log, "ab") if log else subprocess.DEVNULL
-    cmd = python + [str(SERVER_SCRIPT), "--host", host, "--port", str(port),
-                    "--port-end", str(port + 100), "--tracker", tracker, "--key", key]
+    cmd = python + [str(SERVER_SCRIPT), "--host", host, "--port", str(port), "--port-end", str(port + 100),
+                    "--tracker", tracker, "--key", key, "--threads", str(threads)]
     if emulated:
         cmd.append("--emulated")
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)

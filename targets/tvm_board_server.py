@@ -2,8 +2,9 @@
 
 Standalone on purpose: it runs under the board's (or the emulated board's) Python, where only tvm
 and the standard library are installed, so it imports nothing from the harness. It is TVM's own
-``tvm.exec.rpc_server`` plus one global function registered in the server's worker before it
-forks a session, so a client can ask which machine it reached (arch, CPU, cores, emulated)::
+``tvm.exec.rpc_server`` plus two global functions registered in the server's worker before it
+forks a session, so a client can ask which machine it reached (arch, CPU, cores, emulated), and
+``harness.time_once``, the board's own clock around one VM call::
 
     python tvm_board_server.py --tracker 127.0.0.1:9190 --key qemu [--emulated]
 
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import time
 
 
 def _register_facts(emulated: bool) -> None:
@@ -37,7 +39,15 @@ def _register_facts(emulated: bool) -> None:
                            "cpu_count": os.cpu_count() or 0, "emulated": emulated,
                            "num_threads": os.environ.get("TVM_NUM_THREADS", "")})
 
+    def time_once(module, x) -> float:
+        """The board's own time of one ``main`` call on an input already on the board."""
+        main = module["main"]
+        t0 = time.perf_counter()
+        main(x)
+        return time.perf_counter() - t0
+
     tvm_ffi.register_global_func("harness.board_facts", facts, override=True)
+    tvm_ffi.register_global_func("harness.time_once", time_once, override=True)
 
 
 def main() -> None:
@@ -48,7 +58,11 @@ def main() -> None:
     p.add_argument("--tracker", required=True, help="HOST:PORT of the RPC tracker")
     p.add_argument("--key", required=True)
     p.add_argument("--emulated", action="store_true", help="report emulated=True (qemu-user)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="TVM_NUM_THREADS for the sessions (0: leave TVM's default; x86 halves the cores)")
     args = p.parse_args()
+    if args.threads > 0:  # read when the runtime's thread pool starts, in each session
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)
     from functools import partial
 
     from tvm import rpc
