@@ -175,7 +175,7 @@ class TvmArm(Target):
         base = super().availability(options)
         if not base.ok:
             return base
-        opts = dict(options) if options and "arch" in options else self.parse_options(options or {})
+        opts = self.parse_options(options or {})
         if opts["arch"] == "aarch64" and not _which("aarch64-linux-gnu-g++"):
             return Availability(False, "cross compiler aarch64-linux-gnu-g++ not found (apt-get install g++-aarch64-linux-gnu)")
         if not opts["tracker"] or not opts["key"]:
@@ -192,7 +192,7 @@ class TvmArm(Target):
 
         from targets import tvm_common as tc
 
-        opts = dict(options) if options and "arch" in options else self.parse_options(options or {})
+        opts = self.parse_options(options or {})
         if artifact.onnx_path is None:
             raise UserError(f"tvm-arm needs an ONNX file; artifact {artifact.name!r} has none")
         remote = _remote(opts)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 from tvm.s_tir import meta_schedule as ms
@@ -154,7 +155,7 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, *, trials: int, ops: str,
 
 
 def _workload_key(task: Any) -> str:
-    return str(tvm.ir.structural_hash(task.dispatched[0]))
+    return str(tvm_ffi.structural_hash(task.dispatched[0]))
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> Any:

@@ -76,7 +76,7 @@ class TvmCpu(Target):
 
         from targets import tvm_common as tc
 
-        opts = dict(options) if options and "tune_trials" in options else self.parse_options(options or {})
+        opts = self.parse_options(options or {})
         if artifact.onnx_path is None:
             raise UserError(f"tvm-cpu needs an ONNX file; artifact {artifact.name!r} has none")
         runtime_threads = tc.set_threads(threads)
