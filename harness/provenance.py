@@ -83,6 +83,7 @@ def node_name() -> str:
 
 
 def host_machine() -> dict:
-    """Facts of the machine this process runs on, as ``Session.machine()`` reports them."""
-    return {"node": node_name(), "cpu": cpu_model(), "cpu_count": cpu_count(), "arch": platform.machine(),
-            "gpu": gpu_name(), "board": "", "emulated": False}
+    """Facts of the machine this process runs on, as ``Session.machine()`` reports them.
+    ``node`` is $HARNESS_NODE where an executor sets it (two Ray nodes on one host share a name)."""
+    return {"node": os.environ.get("HARNESS_NODE") or node_name(), "cpu": cpu_model(), "cpu_count": cpu_count(),
+            "arch": platform.machine(), "gpu": gpu_name(), "board": "", "emulated": False}
