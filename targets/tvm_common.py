@@ -138,7 +138,7 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, *, trials: int, ops: str,
                 and counts.get(_workload_key(t), 0) < trials]
         if todo:
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                todo, work_dir=str(directory / "logs"), num_threads="physical")
+                todo, work_dir=str(directory / "logs"), strategy=_strategy(trials), num_threads="physical")
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(directory / "logs"),
                           max_trials_global=trials * len(todo), max_trials_per_task=trials,
                           num_trials_per_iter=min(64, trials), builder=builder, runner=runner,
@@ -152,6 +152,16 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, *, trials: int, ops: str,
     return mod, {"tune_s": tune_s, "tune_tasks": len(extracted), "tune_tasks_tuned": len(todo),
                  "tune_trials_run": trials * len(todo), "tune_trials_per_task": trials,
                  "tune_ops": ops, "tune_database": str(directory)}
+
+
+def _strategy(trials: int) -> Any:
+    """Evolutionary search sized to the budget: MetaSchedule's default population (512, 4
+    generations) costs minutes of search per task on 2 cores before the first candidate is built,
+    which dominates when a task gets tens of trials; 128 x 2 keeps the search a small share."""
+    if trials >= 256:
+        return "evolutionary"
+    return ms.search_strategy.EvolutionarySearch(population_size=128, genetic_num_iters=2,
+                                                 init_min_unmeasured=32)
 
 
 def _workload_key(task: Any) -> str:

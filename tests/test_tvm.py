@@ -244,6 +244,8 @@ def test_board_killed_mid_cell_is_an_error_not_a_hang(tmp_path):
         spec = _cell_spec(tmp_path, "tvm-arm", {"tracker": f"127.0.0.1:{port}", "key": "victim",
                                                  "arch": "host"}, rules=long)
 
+        killed = []
+
         def kill_when_busy():  # the session is held (queue not free) once the cell compiled
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline:
@@ -253,6 +255,7 @@ def test_board_killed_mid_cell_is_an_error_not_a_hang(tmp_path):
                     break
                 time.sleep(0.5)
             tb.stop(server)
+            killed.append(time.monotonic())
 
         killer = threading.Thread(target=kill_when_busy)
         killer.start()
@@ -266,5 +269,6 @@ def test_board_killed_mid_cell_is_an_error_not_a_hang(tmp_path):
     statuses = [result["status"]] + [i.get("status") for i in result.get("items", [])]
     assert "error" in statuses or "timeout" in statuses, result
     assert elapsed < 290
+    assert killed and time.monotonic() - killed[0] < 60, "the cell outlived the board by a minute"
     if result["status"] == "error":
         assert result["error"]
