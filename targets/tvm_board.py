@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 TVM_WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy", "ml_dtypes",
               "typing_extensions", "psutil", "cloudpickle", "tornado")
@@ -297,6 +297,40 @@ def _foreground(proc: subprocess.Popen) -> int:
         return 0
 
 
-if __name__ == "__main__":  # python -m targets.tvm_board sysroot: build it ahead of time
-    if sys.argv[1:] == ["sysroot"]:
-        print(build_sysroot())
+def add_board_parser(sub: Any) -> None:
+    """The ``board`` subcommand (``python -m harness board tracker|emulate|sysroot``), added to
+    the harness CLI's subparsers ``sub``; ``board_command`` runs it."""
+    b = sub.add_parser("board", help="a TVM RPC tracker, or an emulated aarch64 board, for tvm-arm")
+    which = b.add_subparsers(dest="board_command", required=True)
+    t = which.add_parser("tracker", help="run a TVM RPC tracker (loopback unless told otherwise)")
+    t.add_argument("--host", default="127.0.0.1")
+    t.add_argument("--port", type=int, default=9190)
+    e = which.add_parser("emulate", help="run an emulated aarch64 board (qemu-user) registered with a tracker")
+    e.add_argument("--tracker", default="127.0.0.1:9190", help="HOST:PORT of the tracker")
+    e.add_argument("--key", default="qemu", help="the key the board registers under")
+    e.add_argument("--host", default="127.0.0.1", help="where the board's server listens")
+    e.add_argument("--port", type=int, default=9090, help="first port the board's server tries")
+    which.add_parser("sysroot", help="build the emulated board's aarch64 sysroot into the cache now")
+
+
+def board_command(args: Any) -> int:
+    """Run the ``board`` subcommand parsed by ``add_board_parser``."""
+    if args.board_command == "tracker":
+        return run_tracker(args.host, args.port)
+    if args.board_command == "emulate":
+        return run_emulated(args.tracker, args.key, args.host, args.port)
+    print(build_sysroot(log=lambda m: print(m, flush=True)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m targets.tvm_board tracker|emulate|sysroot`` (what ``harness board`` runs)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m targets.tvm_board")
+    add_board_parser(parser.add_subparsers(dest="command", required=True))
+    return board_command(parser.parse_args(["board", *(sys.argv[1:] if argv is None else argv)]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
