@@ -49,7 +49,8 @@ def _config(out: Path, executor: str, targets: list[str], **kw) -> SweepConfig:
 
 
 def _comparable(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in TIMING_COLUMNS and k not in ("artifact",)}
+    # baseline_source says whether this run trained the baseline or found it in the cache
+    return {k: v for k, v in row.items() if k not in TIMING_COLUMNS and k not in ("artifact", "baseline_source")}
 
 
 @pytest.fixture(scope="module")
@@ -213,12 +214,16 @@ def test_worker_killed_mid_job_is_retried(tmp_path, cluster, shared_artifacts):
     deadline = time.time() + 240
     while not killed and t.is_alive() and time.time() < deadline:
         for pid in _ray_processes("ray::harness-measure"):
+            cells = _children(pid)
+            if not cells:  # wait for its cell process: it must not outlive the worker
+                break
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
             break
         time.sleep(0.1)
     rows = _join(t, out, 300)
     assert killed, "no measure task was seen running"
+    assert not [c for c in cells if _alive(c)], "a cell process outlived its killed worker"
     _assert_complete(rows, 2 * len(targets))
     assert {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows]  # the killed job ran again
 
@@ -240,6 +245,17 @@ def test_node_removed_mid_sweep_ends_with_every_row(tmp_path, cluster, shared_ar
     rows = _join(t, out, 300)
     assert removed, "no job was seen running on the node to remove"
     _assert_complete(rows, 2 * len(targets))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(int(p.name)) == pid]
 
 
 def _parent(pid: int) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 import time
 import traceback
 from collections import deque
@@ -261,6 +262,7 @@ class RayExecutor(Executor):
                 rex.TaskUnschedulableError, rex.OutOfMemoryError, rex.RaySystemError)
         reason = f"{type(exc).__name__}: {first_line(exc, 200)}"
         if isinstance(exc, lost) and run.attempt < ATTEMPTS:
+            print(f"  {run.task.label}: {reason}; running it again", file=sys.stderr, flush=True)
             self._enqueue(run.task, run.attempt + 1)
             return
         tries = f" (attempt {run.attempt} of {ATTEMPTS})" if isinstance(exc, lost) else ""
