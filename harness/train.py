@@ -202,8 +202,8 @@ def fit(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, seed: int,
     over the loader (``step`` = steps done so far). A checkpoint is written at every pass end,
     every ``checkpoint_every`` steps and at the end; a call with the same ``checkpoint`` resumes.
     """
-    if data.train is None:
-        raise UserError(f"data set {data.spec!r} has no training split")
+    if data.train is None or len(data.train) == 0:
+        raise UserError(f"data set {data.spec!r} has no training images")
     end = recipe.steps if end_step is None else end_step
     if not 0 <= start_step <= end <= recipe.steps:
         raise ValueError(f"steps [{start_step}, {end}) not inside the recipe's {recipe.steps}")
@@ -238,6 +238,7 @@ def fit(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, seed: int,
             if checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0:
                 clock.lap()
                 _save_checkpoint(checkpoint, model, opt, state)
+                clock.restart()
         clock.lap()
         if state.step % per_pass == 0 and on_pass_end is not None:
             on_pass_end(state.step, model)
@@ -250,7 +251,7 @@ def fit(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, seed: int,
 
 class _PassClock:
     """Adds the wall time since the last lap to the run's and to pass ``p``'s total; the time a
-    checkpoint or a hook takes is not training time."""
+    checkpoint or ``on_pass_end`` takes is not training time (``on_step_end``'s is)."""
 
     def __init__(self, state: _State, p: int):
         self.state, self.p, self.t0 = state, p, time.perf_counter()
@@ -260,6 +261,9 @@ class _PassClock:
         self.state.pass_s[self.p] = self.state.pass_s.get(self.p, 0.0) + now - self.t0
         self.state.train_s += now - self.t0
         self.t0 = now
+
+    def restart(self) -> None:
+        self.t0 = time.perf_counter()
 
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -65,3 +65,49 @@ def test_inspect_reports_costs(method):
     assert info["macs"] > 0 and info["params"] > 0 and info["size_bytes"] > 0
     if method.produces == "dense":
         assert info["macs"] == info["dense_macs"]
+
+
+def test_apply_always_receives_typed_settings(tmp_path):
+    """Whoever calls apply (the sweep, inspect, a test), every knob with a default is filled in;
+    given values win; settings are idempotent."""
+    from harness.knobs import Knob
+    from methods.base import Deployable, Method
+
+    seen = []
+
+    class Probe(Method):
+        name, summary = "probe", "records what apply receives"
+        knobs = (Knob("a", int, (1,), default=7), Knob("b", str, (), default="x"), Knob("c", float, ()))
+
+        def apply(self, ctx, knobs):
+            seen.append(dict(knobs))
+            return Compressed([Deployable(ctx.model)])
+
+    probe = Probe()
+    ctx = MethodContext(model_name="resnet20", model=torch.nn.Identity(), data=None, recipe=None, seed=0,
+                        workdir=tmp_path)
+    probe.apply(ctx, {"a": 2})
+    probe.apply(ctx, probe.settings({"c": 0.5}))
+    assert seen == [{"a": 2, "b": "x"}, {"a": 7, "b": "x", "c": 0.5}]
+
+
+def test_one_length_table_for_every_preset(tmp_path):
+    """Fine-tunes: quick 120 / standard 2,000 steps at batch 32, publication = the paper's steps at
+    the paper's batch; training runs are as long as the preset's baseline; the shape is kept."""
+    from harness.errors import UserError
+    from harness.train import TrainRecipe
+    from methods.recipes import preset_recipe, recipe_columns
+
+    shape = TrainRecipe(lr=1e-3, batch_size=128, schedule="multistep", milestones=(1 / 3, 2 / 3))
+    ft = {p: preset_recipe(shape, p, paper_steps=5865) for p in ("quick", "standard", "publication")}
+    assert [(r.steps, r.batch_size) for r in ft.values()] == [(120, 32), (2000, 32), (5865, 128)]
+    assert all((r.lr, r.milestones) == (1e-3, (1 / 3, 2 / 3)) for r in ft.values())
+    train = preset_recipe(shape, "standard", paper_steps=1, kind="train", small_data={"lr": 0.05})
+    assert (train.steps, train.lr) == (BASELINE_RECIPES["standard"].steps, 0.05)
+    assert recipe_columns(ft["quick"]) == {"finetune_steps": 120, "finetune_lr": 1e-3, "finetune_batch": 32,
+                                           "finetune_schedule": "multistep x0.1 at 0.333,0.667"}
+    with pytest.raises(UserError):
+        preset_recipe(shape, "fast", paper_steps=1)
+    ctx = MethodContext(model_name="resnet56", model=None, data=None, recipe=None, seed=0, workdir=tmp_path,
+                        preset="quick")
+    assert ctx.family == "resnet_cifar" and ctx.finetune_recipe(shape, paper_steps=9) == ft["quick"]

@@ -2,7 +2,9 @@
 
 Declared per model family (next to each model's definition), never guessed from shapes at run
 time: ``removable_units(model)`` in each model module returns the list for its own classes and
-None for any other model; ``harness.models.removable_units`` asks each family in turn.
+None for any other model; ``harness.models.removable_units`` asks each family in turn. Beside it,
+each family module declares ``pruning_ignored(model)``: the layers whose output channels filter
+pruning (Torch-Pruning's ``ignored_layers``) must keep (``harness.models.pruning_ignored_layers``).
 """
 from __future__ import annotations
 

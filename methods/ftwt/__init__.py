@@ -10,8 +10,6 @@ inference network and its ONNX export), this file (knobs, recipe, training, depl
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,7 +18,7 @@ import torch
 
 from harness.data import eval_arrays, make_loader
 from harness.train import PAPER_CIFAR_STEPS, TrainRecipe, fit
-from methods.base import Compressed, Deployable, Knob, Method, MethodContext
+from methods.base import Compressed, Deployable, Knob, Method, MethodContext, content_digest
 from methods.ftwt.calibration import calibrate, keep_rates
 from methods.ftwt.cost import estimate_curve, measure_macs, r_for_macs
 from methods.ftwt.gating import mask_loss
@@ -75,14 +73,6 @@ def _train_images(ctx: MethodContext, limit: int) -> torch.Tensor:
     return torch.cat(xs)[:limit]
 
 
-def _fingerprint(model: torch.nn.Module) -> str:
-    """Hash of the baseline's weights: a training checkpoint is reused only for the same start."""
-    h = hashlib.sha256()
-    for t in model.state_dict().values():
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 # The skipping networks select weights per input: their ONNX graphs hold Convs whose weights (and
 # channel counts) are computed at run time. Measured: OpenVINO's CPU plugin rejects them with
 # "Doesn't support dynamic weights shape"; the masked variant runs everywhere.
@@ -121,7 +111,7 @@ class FTWT(Method):
     def apply(self, ctx: MethodContext, knobs: Mapping[str, Any]) -> Compressed:
         mode, pool, cooldown = knobs["mode"], knobs["pool"], float(knobs["cooldown"])
         recipe = recipe_for(ctx)
-        fingerprint = _fingerprint(ctx.model)
+        fingerprint = content_digest(ctx.model)  # a training checkpoint is reused only for the same start
         baseline = copy.deepcopy(ctx.model)  # wrap() edits its model in place
         net = wrap(ctx.model, tuple(ctx.data.input_shape), family=ctx.family, pool=pool, mode=mode)
         dense = net.spec.dense_macs()
@@ -206,9 +196,8 @@ def _train(net: FTWTNet, ctx: MethodContext, recipe: TrainRecipe, cooldown: floa
     ], lr=recipe.lr, momentum=recipe.momentum)
     mask_steps = int(round(cooldown * recipe.steps))
     # resumable: a killed sweep continues from the last checkpoint of this exact run
-    key = hashlib.sha256(json.dumps([ctx.model_name, fingerprint, repr(recipe), ctx.seed,
-                                     sorted(knobs.items()), r, ctx.data.content_hash],
-                                    default=str).encode()).hexdigest()[:16]
+    key = content_digest([ctx.model_name, fingerprint, repr(recipe), ctx.seed, sorted(knobs.items()), r,
+                          ctx.data.content_hash])[:16]
     ckpt = Path(ctx.workdir) / f"ftwt-{ctx.model_name}-{key}.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -26,7 +26,7 @@ from methods.pruning import criteria as crit
 from methods.pruning.channels import prune_to_macs
 from methods.pruning.graph import DenseGraph, fewer_convs_check, narrower_convs_check
 from methods.pruning.recipe import finetune
-from methods.pruning.scores import DEFAULT_CRITERION, batches_knob, collect_scores, criterion_knob
+from methods.pruning.scores import batches_knob, collect_scores, criterion_knob
 from methods.pruning.units import removed_copy
 VGG_RULE = ("VGG: only conv-BN-ReLU units with C_in == C_out, stride 1, no pooling inside are "
             "removable (OUR ASSUMPTION; the paper released no VGG removal code)")
