@@ -1,21 +1,22 @@
-"""Jobs as Ray tasks: compress and baseline jobs where Ray finds room, measure jobs each holding a
+"""Jobs as Ray tasks: compress and baseline jobs on nodes with CPUs to spare, measure jobs each holding a
 whole node (timing never shares a machine with other work).
 
 ``ray:auto`` / ``ray:HOST:PORT`` connect to a running cluster; without an address a local Ray
 instance is started, bound to 127.0.0.1 (no dashboard) and shut down by ``close``.
 
-Scheduling:
+Scheduling (the driver places every task on a node, ``NodeAffinitySchedulingStrategy(soft=False)``,
+and Ray enforces the resources asked for):
 - compress and baseline tasks ask for ``task.cpus`` CPUs (capped at the largest node's) plus
-  ``task.resources`` (a GPU when a method trains on one); Ray packs them where they fit;
-- a measure task is pinned to one node (``NodeAffinitySchedulingStrategy(soft=False)``) and asks
-  for *all* of that node's CPUs plus the target's resources, so while it runs no compress task
-  and no other measure task can start there. The driver keeps at most one measure task per node
-  in Ray's hands and gives each finished node the next one, so nodes that are free get the work.
+  ``task.resources`` (a GPU when a method trains on one), on a node with that many CPUs left;
+- a measure task asks for *all* of its node's CPUs plus the target's resources (a GPU, a board),
+  so while it runs no compress task and no other measure task can start there; and from the
+  moment it is placed, no compress task is placed on that node, so it cannot starve behind them.
+  One measure task per node at a time; each finished node gets the next one.
 
 Every task is a streaming generator that first reports when and where it started, so a task's
 time-out counts from its start, not from its time in a queue. A task past its time-out is
 cancelled (force: its worker is killed). A worker killed mid-job, a node removed, or an object
-lost with it sends the task back once (measure tasks to any node that fits); a second failure is
+lost with it sends the task back once (to any node that fits); a second failure is
 a ``Done`` with the reason. Results stream back one at a time to the driver, which alone writes
 the store.
 """
@@ -31,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from harness.engine.executors.base import Done, Executor, Task
+from harness.engine.executors.base import KINDS, Done, Executor, Task
 from harness.errors import UserError, first_line
 from harness.provenance import cpu_count
 
@@ -82,7 +83,8 @@ class _Running:
     task: Task
     gen: Any  # ray.ObjectRefGenerator
     attempt: int
-    node: str | None = None  # the node a measure task is pinned to
+    node: str  # the node it is pinned to
+    cpus: float
     started: float | None = None
 
 
@@ -97,6 +99,9 @@ class _Nodes:
         import ray
 
         return cls({n["NodeID"]: dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")})
+
+    def cpus(self, node: str) -> float:
+        return self.resources[node].get("CPU", 0.0)
 
     def max_cpus(self) -> float:
         return max((r.get("CPU", 0.0) for r in self.resources.values()), default=0.0)
@@ -127,7 +132,7 @@ class RayExecutor(Executor):
         super().__init__(address or None)
         self._owns_instance = address is None
         self._remote: Any = None
-        self._queue: deque[tuple[Task, int]] = deque()  # measure tasks waiting for a free node
+        self._queue: deque[tuple[Task, int]] = deque()  # (task, attempt) waiting for a node
         self._running: list[_Running] = []
         self._ready: deque[Done] = deque()
         self._node_jobs: dict[str, int] = {}  # measure tasks dispatched per node (round-robin)
@@ -162,52 +167,59 @@ class RayExecutor(Executor):
 
     # ----------------------------------------------------------------- submitting
     def submit(self, task: Task) -> None:
-        self._enqueue(task, 1)
+        self._queue.append((task, 1))
+        self._dispatch()
 
-    def _enqueue(self, task: Task, attempt: int) -> None:
-        if task.exclusive:
-            self._queue.append((task, attempt))
-            self._dispatch()
-            return
-        nodes = _Nodes.now()
-        needs = {k: v for k, v in task.resources.items() if k != "CPU"}
-        if not nodes.fitting(needs):
-            self._ready.append(Done(task, error=f"no node of the Ray cluster has {nodes.missing(needs)}"))
-            return
-        options = {"num_cpus": min(task.cpus, nodes.max_cpus()), **_ray_resources(needs)}
-        self._launch(task, attempt, options)
-
-    def _launch(self, task: Task, attempt: int, options: dict[str, Any], node: str | None = None) -> None:
-        gen = self._remote.options(name=f"harness-{task.kind}", num_returns="streaming", max_retries=0,
-                                   **options).remote(task.fn, task.args)
-        self._running.append(_Running(task, gen, attempt, node))
-
-    def _dispatch(self) -> None:
-        """Give each node that has no measure task one from the queue, in order."""
+    def _launch(self, task: Task, attempt: int, node: str, options: dict[str, Any]) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+        gen = self._remote.options(name=f"harness-{task.kind}", num_returns="streaming", max_retries=0,
+                                   scheduling_strategy=strategy, **options).remote(task.fn, task.args)
+        self._running.append(_Running(task, gen, attempt, node, cpus=options["num_cpus"]))
+
+    def _dispatch(self) -> None:
+        """Place queued tasks on nodes, measure tasks first (they finish rows).
+
+        A measure task reserves a node: it gets all of that node's CPUs, and no compress task is
+        placed there from then on, so Ray starts it as soon as what already runs there ends.
+        Compress tasks go to unreserved nodes with CPUs left. While compress tasks wait, measure
+        tasks reserve at most half the nodes (at least one), so neither kind starves the other.
+        """
         if not self._queue:
             return
         nodes = _Nodes.now()
-        busy = {r.node for r in self._running if r.node is not None}
+        reserved = {r.node for r in self._running if r.task.exclusive}
+        used: dict[str, float] = {}
+        for r in self._running:
+            if not r.task.exclusive:
+                used[r.node] = used.get(r.node, 0.0) + r.cpus
+        compress_waiting = any(not t.exclusive for t, _ in self._queue)
+        max_reserved = max(1, len(nodes.resources) // 2) if compress_waiting else len(nodes.resources)
         waiting: deque[tuple[Task, int]] = deque()
-        while self._queue:
-            task, attempt = self._queue.popleft()
+        for task, attempt in sorted(self._queue, key=lambda q: KINDS.index(q[0].kind)):
             needs = {k: v for k, v in task.resources.items() if k != "CPU"}
-            fits = nodes.fitting(needs)
-            if not fits:
+            fits = [n for n in nodes.fitting(needs) if n not in reserved]
+            if not nodes.fitting(needs):
                 self._ready.append(Done(task, error=f"no node of the Ray cluster has {nodes.missing(needs)}"))
                 continue
-            free = [n for n in fits if n not in busy]
-            if not free:
+            if task.exclusive:
+                node = min(fits, key=lambda n: (used.get(n, 0.0), self._node_jobs.get(n, 0)), default=None)
+                if node is None or len(reserved) >= max_reserved:
+                    waiting.append((task, attempt))
+                    continue
+                reserved.add(node)
+                self._node_jobs[node] = self._node_jobs.get(node, 0) + 1
+                self._launch(task, attempt, node, {"num_cpus": nodes.cpus(node), **_ray_resources(needs)})
+                continue
+            cpus = min(task.cpus, nodes.max_cpus())
+            room = [n for n in fits if nodes.cpus(n) - used.get(n, 0.0) >= cpus]
+            if not room:
                 waiting.append((task, attempt))
                 continue
-            node = min(free, key=lambda n: self._node_jobs.get(n, 0))
-            busy.add(node)
-            self._node_jobs[node] = self._node_jobs.get(node, 0) + 1
-            whole = {"num_cpus": nodes.resources[node]["CPU"], **_ray_resources(needs),
-                     "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
-            self._launch(task, attempt, whole, node)
+            node = min(room, key=lambda n: used.get(n, 0.0))
+            used[node] = used.get(node, 0.0) + cpus
+            self._launch(task, attempt, node, {"num_cpus": cpus, **_ray_resources(needs)})
         self._queue = waiting
 
     # ----------------------------------------------------------------- results
@@ -263,7 +275,7 @@ class RayExecutor(Executor):
         reason = f"{type(exc).__name__}: {first_line(exc, 200)}"
         if isinstance(exc, lost) and run.attempt < ATTEMPTS:
             print(f"  {run.task.label}: {reason}; running it again", file=sys.stderr, flush=True)
-            self._enqueue(run.task, run.attempt + 1)
+            self._queue.append((run.task, run.attempt + 1))
             return
         tries = f" (attempt {run.attempt} of {ATTEMPTS})" if isinstance(exc, lost) else ""
         self._ready.append(Done(run.task, error=f"ray task lost: {reason}{tries}"))
