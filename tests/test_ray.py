@@ -119,6 +119,44 @@ def _join(t: threading.Thread, out: dict, limit: float) -> list[dict]:
     return out["rows"]
 
 
+# ----------------------------------------------------------------------------- placement, without Ray
+def _placing(monkeypatch, nodes: dict[str, dict[str, float]]) -> tuple[RayExecutor, list]:
+    """An executor whose cluster is ``nodes`` and whose launches are only recorded."""
+    from harness.engine.executors import ray as ray_executor
+
+    monkeypatch.setattr(ray_executor._Nodes, "now", classmethod(lambda cls: cls(nodes)))
+    ex, launched = RayExecutor("auto"), []
+
+    def launch(task, attempt, node, options):
+        launched.append((task.label, node, options))
+        ex._running.append(ray_executor._Running(task, object(), attempt, node, cpus=options["num_cpus"]))
+    monkeypatch.setattr(ex, "_launch", launch)
+    return ex, launched
+
+
+def test_a_measure_task_holds_its_node_and_compress_tasks_stay_off_it(monkeypatch):
+    ex, launched = _placing(monkeypatch, {"a": {"CPU": 4.0}, "b": {"CPU": 4.0, "GPU": 1.0}})
+    ex.submit(Task("compress", print, (), "c1", cpus=2))
+    ex.submit(Task("measure", print, (), "m1", exclusive=True))
+    ex.submit(Task("measure", print, (), "m2", exclusive=True))  # both nodes are taken: it waits
+    ex.submit(Task("compress", print, (), "c2", cpus=2))
+    ex.submit(Task("measure", print, (), "gpu", exclusive=True, resources={"GPU": 1}))
+    ex.submit(Task("measure", print, (), "board", exclusive=True, resources={"board": 1}))
+    placed = {label: (node, opts) for label, node, opts in launched}
+    assert placed["c1"] == ("a", {"num_cpus": 2, "num_gpus": 0})
+    assert placed["m1"] == ("b", {"num_cpus": 4.0, "num_gpus": 0})  # the node without compress work
+    assert placed["m2"] == ("a", {"num_cpus": 4.0, "num_gpus": 0})  # Ray starts it once c1 ends
+    assert "c2" not in placed and "gpu" not in placed  # never beside a measure task; one per node
+    board = ex.next_done()
+    assert board.task.label == "board" and "board=1 (most on one node: 0)" in board.error
+    ex._running = [r for r in ex._running if r.task.label != "m1"]  # m1 finished: b is free
+    ex._dispatch()
+    assert launched[-1][:2] == ("c2", "b")  # while compress work waits, measure holds half the nodes
+    ex._running = [r for r in ex._running if r.task.label not in ("m2", "c2")]
+    ex._dispatch()
+    assert launched[-1] == ("gpu", "b", {"num_cpus": 4.0, "num_gpus": 1})
+
+
 # ----------------------------------------------------------------------------- a local instance
 def test_rows_equal_a_local_run(tmp_path):
     """executor=ray (a local instance on 127.0.0.1) gives the rows executor=local gives, apart
