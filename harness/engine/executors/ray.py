@@ -100,6 +100,9 @@ class _Nodes:
 
         return cls({n["NodeID"]: dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")})
 
+    def without(self, gone: set[str]) -> "_Nodes":
+        return _Nodes({n: r for n, r in self.resources.items() if n not in gone})
+
     def cpus(self, node: str) -> float:
         return self.resources[node].get("CPU", 0.0)
 
@@ -136,6 +139,7 @@ class RayExecutor(Executor):
         self._running: list[_Running] = []
         self._ready: deque[Done] = deque()
         self._node_jobs: dict[str, int] = {}  # measure tasks dispatched per node (round-robin)
+        self._gone: set[str] = set()  # nodes a task was lost with
 
     # ----------------------------------------------------------------- life cycle
     def start(self, threads: int) -> None:
@@ -188,7 +192,7 @@ class RayExecutor(Executor):
         """
         if not self._queue:
             return
-        nodes = _Nodes.now()
+        nodes = _Nodes.now().without(self._gone)
         reserved = {r.node for r in self._running if r.task.exclusive}
         used: dict[str, float] = {}
         for r in self._running:
@@ -273,9 +277,12 @@ class RayExecutor(Executor):
         lost = (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, rex.LocalRayletDiedError,
                 rex.TaskUnschedulableError, rex.OutOfMemoryError, rex.RaySystemError)
         reason = f"{type(exc).__name__}: {first_line(exc, 200)}"
-        if isinstance(exc, lost) and run.attempt < ATTEMPTS:
+        if isinstance(exc, (rex.NodeDiedError, rex.LocalRayletDiedError, rex.TaskUnschedulableError)):
+            self._gone.add(run.node)  # Ray may list a dead node as alive for a while yet
+        if isinstance(exc, lost) and (run.started is None or run.attempt < ATTEMPTS):
             print(f"  {run.task.label}: {reason}; running it again", file=sys.stderr, flush=True)
-            self._queue.append((run.task, run.attempt + 1))
+            # a task that never started (its node went first) has not used up an attempt
+            self._queue.append((run.task, run.attempt + (run.started is not None)))
             return
         tries = f" (attempt {run.attempt} of {ATTEMPTS})" if isinstance(exc, lost) else ""
         self._ready.append(Done(run.task, error=f"ray task lost: {reason}{tries}"))
