@@ -290,6 +290,13 @@ def run_emulated(tracker: str, key: str, host: str = "127.0.0.1", port: int = 90
 
 
 def _foreground(proc: subprocess.Popen) -> int:
+    """Wait for ``proc``; Ctrl-C or SIGTERM stops it (and its process group) first."""
+    import signal
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         return proc.wait()
     except KeyboardInterrupt:
