@@ -116,7 +116,10 @@ class _Nodes:
     def missing(self, needs: dict[str, float]) -> str:
         have = {k: max((r.get(k, 0.0) for r in self.resources.values()), default=0.0) for k in needs}
         short = [f"{k}={v:g} (most on one node: {have[k]:g})" for k, v in needs.items() if have[k] < v]
-        return ", ".join(short) or "a node with at least one CPU"
+        if short:
+            return ", ".join(short)
+        return "all of " + ", ".join(f"{k}={v:g}" for k, v in needs.items()) + " on one node" if needs else \
+            "a node with at least one CPU"
 
 
 def _ray_resources(needs: dict[str, float]) -> dict[str, Any]:
@@ -260,7 +263,7 @@ class RayExecutor(Executor):
             self._retry_or_fail(run, exc)
             return
         if item[0] == "started":
-            run.started = item[1]
+            run.started = time.time()  # the driver's clock: a node's clock may differ from it
             return
         self._finish(run)
         kind, value = item
