@@ -309,14 +309,18 @@ def _tuning_io(opts: Mapping[str, Any], target: Any) -> dict[str, Any]:
     board of the same key through the tracker (ms.runner.RPCRunner)."""
     from tvm.s_tir import meta_schedule as ms
 
+    from targets import tvm_common as tc
+
     host, port = tvm_board.parse_addr(opts["tracker"])
     runner = ms.runner.RPCRunner(
         rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=opts["key"],
                                        session_timeout_sec=max(60, opts["session_timeout_s"] or 600)),
-        evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0))
+        evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0),
+        max_workers=1)
     if opts["arch"] == "host":
         return {"runner": runner}
-    return {"builder": ms.builder.LocalBuilder(f_export=cross_export), "runner": runner}
+    return {"builder": ms.builder.LocalBuilder(f_export=cross_export, timeout_sec=tc.BUILD_TIMEOUT_S),
+            "runner": runner}
 
 
 def cross_export(mod: Any) -> str:

@@ -122,12 +122,19 @@ def _locked(directory: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+# MetaSchedule's 30 s defaults fail every candidate on a loaded 2-core machine (each build
+# batch starts fresh popen workers that import tvm first): measured, 16 of 16 "build errors".
+BUILD_TIMEOUT_S, RUN_TIMEOUT_S = 300, 120
+
+
 def tune(mod: tvm.IRModule, target: tvm.target.Target, *, trials: int, ops: str,
-         builder: Any = "local", runner: Any = "local") -> tuple[tvm.IRModule, dict[str, Any]]:
+         builder: Any = None, runner: Any = None) -> tuple[tvm.IRModule, dict[str, Any]]:
     """``mod`` (already through ``prepare``) with the database's best schedules applied, after
     tuning every task the database has fewer than ``trials`` trials for (``ops``: "conv" tunes
     only conv tasks, "all" every task). Info: tune_s, tasks, tasks_tuned, trials_run, database."""
     directory = database_dir(target)
+    builder = builder or ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S)
+    runner = runner or ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
     t0 = time.perf_counter()
     with _locked(directory):
         db = ms.database.JSONDatabase(work_dir=str(directory))
