@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -105,6 +105,14 @@ class Samples:
     pool_index: list[int]
     wall_s: float
     capped: bool
+    block_index: list[int] = field(default_factory=list)  # interleaved loops: which block each sample is in
+
+    def block_medians_ms(self) -> list[float]:
+        """The p50 of each block (interleaved loops), in ms, in block order."""
+        blocks: dict[int, list[float]] = {}
+        for b, v in zip(self.block_index, self.latencies_s):
+            blocks.setdefault(b, []).append(v)
+        return [nearest_rank(sorted(v), 0.5) * 1e3 for _, v in sorted(blocks.items())]
 
 
 def _run_until(fn: Callable[[int], float], min_s: float, min_n: int, max_s: float, max_n: int,
@@ -189,6 +197,48 @@ def measure(timer: Callable[[Any], float], pool: Sequence[Any], rules: TimingRul
     samples = _run_until(one, rules.min_s, rules.min_n, rules.max_s, rules.max_n, clock)
     samples.pool_index = [i % k for i in samples.pool_index]
     return samples
+
+
+def measure_interleaved(timers: Sequence[Callable[[Any], float]], pool: Sequence[Any], rules: TimingRules, *,
+                        blocks: int = 5, clock: Callable[[], float] = time.perf_counter) -> list[Samples]:
+    """Time several sessions in alternating blocks (A B C A B C ...) so that each sees the same
+    machine: a ratio of their p50s compares measurements taken side by side, not minutes apart.
+
+    Every session is warmed up first (the rules' warm-up, each). Then rounds: in each round every
+    session runs one block of at least ``min_s / blocks`` seconds and ``min_n / blocks`` queries.
+    Rounds go on until every session has met both minimums (so at least ``blocks`` rounds), or
+    until a session reaches the cap; a session's ``capped`` says whether it met its minimums.
+    Each session's samples carry their block numbers (``Samples.block_medians_ms``).
+    """
+    if not pool:
+        raise ValueError("empty input pool")
+    k = len(pool)
+    for timer in timers:
+        _run_until(lambda i, t=timer: t(pool[i % k]), rules.warmup_min_s, rules.warmup_min_n,
+                   max(rules.max_s, rules.warmup_min_s), rules.max_n, clock)
+    block_s, block_n = rules.min_s / blocks, math.ceil(rules.min_n / blocks)
+    out = [Samples([], [], 0.0, False) for _ in timers]
+    cursor = [0] * len(timers)  # each session rotates through the pool on its own
+    block = 0
+    while True:
+        done = all(s.wall_s >= rules.min_s and len(s.latencies_s) >= rules.min_n for s in out)
+        cap = any(s.wall_s >= rules.max_s or len(s.latencies_s) >= rules.max_n for s in out)
+        if (done and block >= blocks) or cap:
+            break
+        for timer, samples, j in zip(timers, out, range(len(timers))):
+            t0, n = clock(), 0
+            while (clock() - t0 < block_s or n < block_n) and samples.wall_s + (clock() - t0) < rules.max_s:
+                i = cursor[j]
+                samples.latencies_s.append(timer(pool[i % k]))
+                samples.pool_index.append(i % k)
+                samples.block_index.append(block)
+                cursor[j] += 1
+                n += 1
+            samples.wall_s += clock() - t0
+        block += 1
+    for s in out:
+        s.capped = len(s.latencies_s) < rules.min_n or s.wall_s < rules.min_s
+    return out
 
 
 def per_input_spread(samples: Samples) -> dict[str, float | None]:

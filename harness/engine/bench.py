@@ -65,12 +65,14 @@ def bench_onnx(path: Path, target_keys: list[str], *, preset: str = "quick", inp
         rng = np.random.default_rng(0)
         np.save(pool_path, rng.standard_normal((max(64, shape[0]), *shape[1:]), dtype=np.float32))
         for t in targets:
-            spec = CellSpec(target=t.key, artifact={"name": path.stem, "input_shape": list(shape[1:]),
-                                                    "onnx_path": str(path), "torch_path": None},
-                            scenario="SingleStream" if shape[0] == 1 else "Offline", batch=shape[0],
-                            threads=threads, rules=asdict(PRESETS[preset]), pool_path=str(pool_path))
-            result = run_isolated(spec, Path(tmp) / t.key, timeout_s)
+            spec = CellSpec(target=t.key, scenario="SingleStream" if shape[0] == 1 else "Offline", batch=shape[0],
+                            threads=threads, rules=asdict(PRESETS[preset]), pool_path=str(pool_path),
+                            items=[{"key": t.key, "artifact": {"name": path.stem, "input_shape": list(shape[1:]),
+                                                               "onnx_path": str(path), "torch_path": None}}])
+            cell = run_isolated(spec, Path(tmp) / t.key, timeout_s)
+            result = cell["items"][0] if cell.get("status") == "ok" else cell
             result.pop("traceback", None)
+            result.pop("phases", None)
             session = result.pop("session", {}) or {}
             rows.append({"target": t.key, "batch": shape[0], "threads": threads, "preset": preset,
                          "precision": session.get("precision", ""), "session": session, **result})

@@ -106,6 +106,16 @@ def _config(args: argparse.Namespace) -> Any:
     return SweepConfig(**values)
 
 
+def summary_line(rows: list[dict[str, Any]]) -> str:
+    """``N rows: a ok, b skipped, c errors, d timeouts, e noisy timings re-measured, f still noisy``."""
+    counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "skipped", "error", "timeout")}
+    ok = [r for r in rows if r.get("status") == "ok"]
+    retimed = sum((r.get("timing_tries") or 1) > 1 for r in ok)
+    noisy = sum(r.get("timing_ok") is False for r in ok)
+    return (f"{len(rows)} rows: {counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} errors, "
+            f"{counts['timeout']} timeouts, {retimed} noisy timings re-measured, {noisy} still noisy")
+
+
 def _resume_hint(argv: Sequence[str] | None) -> str:
     words = list(argv) if argv is not None else sys.argv[1:]
     return "python -m harness " + " ".join(words)
@@ -119,9 +129,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print("\n".join(dry_run(config)))
         return 0
     rows = run_sweep(config)
-    counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "skipped", "error", "timeout")}
-    print(f"{len(rows)} rows: {counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} errors, "
-          f"{counts['timeout']} timeouts in {config.out}: results.csv, results.md, pareto.png")
+    print(f"{summary_line(rows)} in {config.out}: results.csv, results.md, pareto.png")
     return 0
 
 

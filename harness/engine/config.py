@@ -44,6 +44,7 @@ class SweepConfig:
     train_limit: int | None = None  # a fixed class-stratified subset of the training split
     executor: str = "local"  # local | inline | ray[:ADDRESS] (see harness.engine.executors)
     artifacts: Path | None = None  # shared artifact location (default OUT/artifacts; baselines: the cache)
+    noise: dict[str, Any] = field(default_factory=dict)  # NoiseRules fields (harness.engine.noise) overriding defaults
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -63,6 +64,12 @@ class SweepConfig:
         if self.train_limit is not None and self.train_limit < 1:
             raise UserError("train_limit must be >= 1")
         from harness.engine.executors import EXECUTORS
+        from harness.engine.noise import NoiseRules
+
+        try:
+            NoiseRules(**self.noise)
+        except TypeError as exc:
+            raise UserError(f"noise: {exc}") from None
 
         EXECUTORS.entry(self.executor.partition(":")[0])  # unknown executor: did-you-mean, now
 

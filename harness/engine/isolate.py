@@ -35,7 +35,8 @@ def _failure(proc: subprocess.CompletedProcess) -> str:
 
 
 def run_isolated(spec: CellSpec, workdir: Path, timeout_s: float) -> dict[str, Any]:
-    """Row fields from running ``spec`` in a fresh process; a crash or a time-out is a row too."""
+    """The cell's result ({"status", "items": [...]}) from running ``spec`` in a fresh process; a
+    crash or a time-out is a result too (status error/timeout, no items)."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = workdir / "spec.json", workdir / "result.json"
     result_path.unlink(missing_ok=True)

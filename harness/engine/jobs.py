@@ -204,13 +204,15 @@ def _latency_probe(config: SweepConfig, job: CompressJob, base: dict[str, Any]) 
         work = config.artifact_dir / "probe"
         art = _save_artifact(model, work, tag, tuple(np.load(base["pool"], mmap_mode="r").shape[1:]),
                              onnx=target.needs == "onnx")
-        spec = CellSpec(target=target_key, artifact=_artifact_json(art), scenario="SingleStream", batch=1,
-                        threads=config.threads, rules=asdict(rules), pool_path=base["pool"],
-                        options=config.target_options.get(target_key, {}), target_entry=_entry_string(target_key))
+        spec = CellSpec(target=target_key, scenario="SingleStream", batch=1, threads=config.threads,
+                        rules=asdict(rules), pool_path=base["pool"], items=[{"key": tag, "artifact": _artifact_json(art)}],
+                        options=config.target_options.get(target_key, {}), target_entry=_entry_string(target_key),
+                        noise={"tries": 1})
         result = run_isolated(spec, work / tag, config.timeout_s)
-        if result.get("status") != "ok":
-            raise RuntimeError(f"latency probe on {target_key} failed: {result.get('error')}")
-        return float(result["p50_ms"])
+        item = result.get("items", [{}])[0] if result.get("status") == "ok" else result
+        if item.get("status") != "ok":
+            raise RuntimeError(f"latency probe on {target_key} failed: {item.get('error')}")
+        return float(item["p50_ms"])
     return probe
 
 
@@ -226,40 +228,53 @@ def _artifact_json(art: Artifact) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- measure
-def run_measure(config: SweepConfig, job: MeasureJob, record: dict[str, Any], base: dict[str, Any],
-                batch: int, isolated: bool, workdir: str) -> dict[str, Any]:
-    """One cell: compile ``record``'s artifact on ``job.target``, accuracy and parity against the
-    reference logits, the timed loop. Returns the cell's fields plus measure_start/measure_end
-    (epoch seconds, on the node that ran it) and the backend's graph-survival columns."""
-    target = get_target(job.target)
-    art = Artifact(name=Path(record["torch_path"]).stem, input_shape=tuple(np.load(base["pool"], mmap_mode="r").shape[1:]),
-                   onnx_path=Path(record["onnx_path"]) if record.get("onnx_path") else None,
-                   torch_path=Path(record["torch_path"]))
-    spec = CellSpec(target=job.target, artifact=_artifact_json(art), scenario=job.scenario, batch=batch,
-                    threads=config.threads, rules=asdict(config.timing_rules), pool_path=base["pool"],
-                    eval_x_path=base["eval_x"], eval_y_path=base["eval_y"], ref_logits_path=record["ref_path"],
-                    options=config.target_options.get(job.target, {}), target_entry=_entry_string(job.target),
-                    graph_facts=record.get("check_facts") is not None)
+def _record_artifact(record: dict[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
+    return {"name": Path(record["torch_path"]).stem, "input_shape": list(input_shape),
+            "onnx_path": record.get("onnx_path"), "torch_path": record.get("torch_path")}
+
+
+def run_measure(config: SweepConfig, jobs: list[MeasureJob], records: list[dict[str, Any]],
+                reference: dict[str, Any] | None, base: dict[str, Any], batch: int, isolated: bool,
+                workdir: str) -> list[dict[str, Any]]:
+    """One cell for the deployables of one compressed network on one target and scenario:
+    compile each ``records[i]``, accuracy and parity against its reference logits, and one timed
+    loop interleaved with the dense ``reference`` (None: timed alone). Returns the cell's fields
+    per job (in order), each with measure_start/measure_end (epoch seconds, on the node that ran
+    it) and the backend's graph-survival columns."""
+    head = jobs[0]
+    shape = tuple(np.load(base["pool"], mmap_mode="r").shape[1:])
+    items = [{"key": j.key, "artifact": _record_artifact(r, shape), "ref_logits_path": r["ref_path"],
+              "graph_facts": r.get("check_facts") is not None} for j, r in zip(jobs, records)]
+    spec = CellSpec(target=head.target, scenario=head.scenario, batch=batch, threads=config.threads,
+                    rules=asdict(config.timing_rules), pool_path=base["pool"], items=items,
+                    reference=_record_artifact(reference, shape) if reference else None,
+                    eval_x_path=base["eval_x"], eval_y_path=base["eval_y"],
+                    options=config.target_options.get(head.target, {}), target_entry=_entry_string(head.target),
+                    noise=config.noise)
     start = time.time()
     if isolated:
-        result = run_isolated(spec, Path(workdir) / job.key, config.timeout_s)
+        result = run_isolated(spec, Path(workdir) / head.key, config.timeout_s * len(items))
     else:
         try:
             result = {"status": "ok", **run_cell(spec)}
-        except Exception as exc:  # the inline executor: the same error row a cell process would give
+        except Exception as exc:  # the inline executor: the same error a cell process would give
             result = {"status": "error", "error": f"{type(exc).__name__}: {first_line(exc, 400)}"}
-    result.pop("traceback", None)
     end = time.time()
-    if result.get("status") != "ok" or "node" not in result:
-        from harness.provenance import host_machine
+    from harness.provenance import host_machine
 
-        result = {**host_machine(), **result}  # a dead cell still names the node it died on
-    facts = result.pop("graph_facts", None)
-    if facts is not None and record.get("check_facts"):
-        module, _, name = record["check_facts"].partition(":")
-        result.update(getattr(importlib.import_module(module), name)(job.target, facts))
-    phases = result.setdefault("phases", {})
-    # what is neither compiling, evaluating nor timing: process start, imports, loading arrays
-    phases["cell start-up"] = max(0.0, end - start - sum(phases.values()))
-    result.update({"measure_start": start, "measure_end": end})
-    return result
+    out = []
+    for i, record in enumerate(records):
+        fields = result["items"][i] if result.get("status") == "ok" else \
+            {"status": result["status"], "error": result.get("error", "")}
+        if fields.get("status") != "ok" or "node" not in fields:
+            fields = {**host_machine(), **fields}  # a dead cell still names the node it died on
+        facts = fields.pop("graph_facts", None)
+        if facts is not None and record.get("check_facts"):
+            module, _, name = record["check_facts"].partition(":")
+            fields.update(getattr(importlib.import_module(module), name)(head.target, facts))
+        phases = fields.setdefault("phases", {})
+        # what is neither compiling, evaluating nor timing: process start, imports, loading arrays
+        phases["cell start-up"] = max(0.0, (end - start) / len(records) - sum(phases.values()))
+        fields.update({"measure_start": start, "measure_end": end})
+        out.append(fields)
+    return out

@@ -16,10 +16,18 @@ from harness.engine.rows import COLUMNS, GROUP  # noqa: E402
 from harness.macs import CONVENTION  # noqa: E402
 from harness.timing import PERCENTILE_RULE, SAMPLE_FLOORS  # noqa: E402
 
+def timing_trusted(df: pd.DataFrame) -> pd.Series:
+    """Rows whose timing is not suspect (``timing_ok`` is not False; rows from before the column
+    count as trusted)."""
+    return df["timing_ok"].map(lambda v: v is not False and v != 0 and v != "False")
+
+
 def derive(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows as a table with the ratios against the dense row of the same model, target and
-    scenario: speedup (dense p50 / p50), macs_ratio (dense MACs / MACs), realised_share
-    (speedup / macs_ratio), top1_drop (dense top1 - top1)."""
+    """Rows as a table with the ratios against the dense network of the same model, target and
+    scenario: speedup = dense p50 / p50, from the dense reference timed interleaved in the same
+    cell when there was one (``speedup_interleaved``), else from the dense row; macs_ratio = dense
+    MACs / MACs; realised_share = speedup / macs_ratio; top1_drop = dense top1 - top1. A row whose
+    timing is suspect (``timing_ok`` False) gets no speedup or realised_share."""
     df = pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in df.columns:
@@ -30,7 +38,11 @@ def derive(rows: list[dict[str, Any]]) -> pd.DataFrame:
     dense = dense.rename(columns={"p50_ms": "_d_p50", "top1": "_d_top1", "macs": "_d_macs"})
     df = df.merge(dense, on=GROUP, how="left")
     num = lambda c: pd.to_numeric(df[c], errors="coerce")  # noqa: E731
-    df["speedup"] = num("_d_p50") / num("p50_ms")
+    interleaved = num("speedup_interleaved") if "speedup_interleaved" in df.columns else pd.Series(np.nan, df.index)
+    df["speedup"] = interleaved.where(interleaved.notna(), num("_d_p50") / num("p50_ms"))
+    df.loc[df["method"] == "none", "speedup"] = df.loc[df["method"] == "none", "speedup"].where(
+        df["p50_ms"].isna(), 1.0)  # the dense row is its own reference
+    df.loc[~timing_trusted(df), "speedup"] = np.nan
     df["macs_ratio"] = num("_d_macs") / num("macs")
     df["realised_share"] = df["speedup"] / df["macs_ratio"]
     df["top1_drop"] = num("_d_top1") - num("top1")
@@ -60,7 +72,7 @@ def _md_cell(col: str, value: Any) -> str:
 
 MD_COLUMNS = ["method", "budget", "variant", "target", "status", "top1", "top1_drop", "parity_max_abs",
               "macs", "params", "size_bytes", "p50_ms", "p90_ms", "p99_ms", "n", "throughput",
-              "speedup", "macs_ratio", "realised_share", "compile_s", "first_run_ms", "train_s"]
+              "speedup", "macs_ratio", "realised_share", "timing_ok", "compile_s", "first_run_ms", "train_s"]
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -74,9 +86,14 @@ def _markdown(df: pd.DataFrame) -> str:
                   "Latency in ms per query; throughput in samples/s.",
                   "- SingleStream: batch 1, one query at a time. Offline: one large batch per query.",
                   f"- Counting: {CONVENTION}",
-                  "- speedup = dense p50 / p50 on the same target and scenario; macs_ratio = dense MACs / "
-                  "MACs; realised_share = speedup / macs_ratio. top1 is measured from the target's own "
-                  "outputs; parity is the max |logit - PyTorch logit| on the same inputs.", ""]
+                  "- speedup = dense p50 / p50 on the same target and scenario, the dense network timed "
+                  "interleaved with the row's networks in the same cell (A B A B blocks); macs_ratio = dense "
+                  "MACs / MACs; realised_share = speedup / macs_ratio. top1 is measured from the target's own "
+                  "outputs; parity is the max |logit - PyTorch logit| on the same inputs.",
+                  "- timing_ok = False marks a timing that stayed suspect after re-timing (other processes "
+                  "busy, long tail, drift of its own or of the dense reference, or the cap): its ratios are "
+                  "left empty and it is left out of the plots. Rows timed on an emulated board (emulated = "
+                  "True) have latencies that mean nothing and are left out of the plots too.", ""]
     for (model, data, scenario), part in df.groupby(["model", "data", "scenario"], sort=True):
         synthetic = bool(part["synthetic"].fillna(False).astype(bool).any())
         title = f"## {model} on {data}, {scenario}"
@@ -86,6 +103,11 @@ def _markdown(df: pd.DataFrame) -> str:
         errors = part[part["status"] != "ok"]
         for _, r in errors.iterrows():
             lines.append(f"- {r['method']}[{r['budget']}] on {r['target']}: {r['status']}: {r['error']}")
+        noisy = part[(part["status"] == "ok") & ~timing_trusted(part)]
+        if len(noisy):
+            lines.append(f"- {len(noisy)} row(s) with a suspect timing (ratios left empty, not plotted):")
+            for _, r in noisy.iterrows():
+                lines.append(f"  - {r['method']}[{r['budget']}] {r['variant']} on {r['target']}: {r['timing_suspect']}")
         lines.append("")
     lines += _details(df)
     return "\n".join(lines)
@@ -120,10 +142,18 @@ def _pareto_mask(lat: np.ndarray, acc: np.ndarray) -> np.ndarray:
     return keep
 
 
+def plottable(df: pd.DataFrame) -> pd.Series:
+    """ok rows whose latency means something: trusted timing, not an emulated board."""
+    emulated = df["emulated"].map(lambda v: v is True or v == 1 or v == "True")
+    return (df["status"] == "ok") & timing_trusted(df) & ~emulated
+
+
 def _plot(df: pd.DataFrame, path: Path) -> None:
-    ok = df[(df["status"] == "ok") & (df["scenario"] == "SingleStream")].copy()
+    usable = plottable(df)
+    left_out = int(((df["status"] == "ok") & ~usable).sum())
+    ok = df[usable & (df["scenario"] == "SingleStream")].copy()
     if ok.empty:
-        ok = df[df["status"] == "ok"].copy()
+        ok = df[usable].copy()
     targets = sorted(ok["target"].dropna().unique()) or ["(no rows)"]
     fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), squeeze=False)
     for ax, target in zip(axes[0], targets):
@@ -147,6 +177,8 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+    if left_out:
+        fig.suptitle(f"{left_out} ok row(s) left out: suspect timing or emulated board", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

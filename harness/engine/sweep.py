@@ -55,6 +55,9 @@ class Sweep:
         self.bases: dict[str, dict[str, Any]] = {}
         self.needs_onnx = any(t.needs == "onnx" for t in plan.targets)
         self.progress = Progress(log)
+        self.retimed = self.noisy = 0  # cells re-timed because they looked noisy; still noisy after
+        self.dense: dict[str, dict[str, Any] | None] = {}  # per model: the dense network's variant record
+        self.waiting: dict[str, list[tuple[CompressJob, dict[str, Any]]]] = {}  # budgets waiting for it
 
     # ----------------------------------------------------------------- rows
     def _base_row(self, job: CompressJob | MeasureJob, target: str, scenario: str) -> dict[str, Any]:
@@ -99,18 +102,28 @@ class Sweep:
     def _submit_compress(self, job: CompressJob) -> None:
         measure = self.plan.measure_jobs(job, list(self.store.variants(job.key)))
         budget = self.store.budget(job.key) or {}
-        if budget.get("status") == "ok" and measure:
-            finished = self.store.finished_keys()
-            if all(m.key in finished for m in measure):
+        if budget.get("status") == "ok" and measure and self._artifacts_exist(self.store.variants(job.key)):
+            variants = self.store.variants(job.key)
+            if all(m.key in self.store.finished_keys() for m in measure):
                 log(f"  {job.label}: all cells finished earlier, skipped")
-                return
-            self._submit_measures(job, self.store.variants(job.key))  # compressed earlier: measure only
+            else:
+                self._submit_measures(job, variants)  # compressed earlier: measure only
+            if job.method == "none":
+                self._dense_ready(job.model, variants.get("default"))
             return
         self.executor.submit(Task("compress", run_compress, (self.cfg, job, self.bases[job.model], self.needs_onnx),
                                   job.label, context=job, cpus=self.cfg.threads))
 
     def _submit_measures(self, job: CompressJob, variants: dict[str, dict[str, Any]]) -> None:
+        """One measure task per (target, scenario) for the budget's unfinished cells: its variants
+        timed in one cell, interleaved with the model's dense reference (the ``none`` job's
+        network; it waits for that to exist). Capability skips and failed exports are rows now."""
+        if job.method != "none" and job.model not in self.dense:
+            self.waiting.setdefault(job.model, []).append((job, variants))
+            return
+        reference = None if job.method == "none" else self.dense.get(job.model)
         finished = self.store.finished_keys()
+        groups: dict[tuple[str, str], list[tuple[MeasureJob, dict[str, Any], dict[str, Any]]]] = {}
         for mjob in self.plan.measure_jobs(job, list(variants)):
             if mjob.key in finished:
                 continue
@@ -120,11 +133,30 @@ class Sweep:
             if reason:  # a failed export or a capability the target lacks: a row, no cell
                 self._put(mjob.key, {**row, "status": "error" if record.get("error") else "skipped", "error": reason})
                 continue
-            args = (self.cfg, mjob, record, self.bases[job.model], self.plan.batch(mjob.scenario),
+            groups.setdefault((mjob.target, mjob.scenario), []).append((mjob, record, row))
+        for (target_key, scenario), members in groups.items():
+            target = self.targets[target_key]
+            mjobs, records = [m for m, _, _ in members], [r for _, r, _ in members]
+            usable_ref = reference if reference and not reference.get("error") else None
+            args = (self.cfg, mjobs, records, usable_ref, self.bases[job.model], self.plan.batch(scenario),
                     self.executor.isolated, str(self.cfg.artifact_dir / "cells"))
-            self.executor.submit(Task("measure", run_measure, args, f"{mjob.variant} {mjob.target} {mjob.scenario}",
-                                      context=(mjob, row), cpus=self.cfg.threads, exclusive=True,
-                                      resources=dict(target.resources), timeout_s=self.cfg.timeout_s + 60))
+            self.executor.submit(Task("measure", run_measure, args,
+                                      f"{job.label} {target_key} {scenario} ({len(mjobs)} networks)",
+                                      context=(mjobs, [row for _, _, row in members], usable_ref is not None),
+                                      cpus=self.cfg.threads, exclusive=True, resources=dict(target.resources),
+                                      timeout_s=self.cfg.timeout_s * (len(mjobs) + 1) + 60))
+
+    def _dense_ready(self, model: str, record: dict[str, Any] | None) -> None:
+        """The model's dense network is exported (or failed): release the budgets waiting for it."""
+        self.dense[model] = record
+        for job, variants in self.waiting.pop(model, []):
+            self._submit_measures(job, variants)
+
+    @staticmethod
+    def _artifacts_exist(variants: dict[str, dict[str, Any]]) -> bool:
+        """Whether every exported file a stored variant names is still there (else compress again)."""
+        paths = [r.get(k) for r in variants.values() for k in ("torch_path", "onnx_path", "ref_path")]
+        return all(Path(p).exists() for p in paths if p)
 
     def _row(self, mjob: MeasureJob, record: dict[str, Any]) -> dict[str, Any]:
         row = {**self._base_row(mjob, mjob.target, mjob.scenario), **record.get("shared", {})}
@@ -159,25 +191,33 @@ class Sweep:
             for mjob in self.plan.measure_jobs(job, ["default"]):
                 self._put(mjob.key, {**self._base_row(mjob, mjob.target, mjob.scenario), "status": "error",
                                      "error": result["error"]})
+            if job.method == "none":
+                self._dense_ready(job.model, None)
             return
         self.store.put_budget(job.key, {"status": "ok", "variants": list(result["variants"])}, result["variants"])
         self.progress.phase(f"  {job.label}: compressed ({', '.join(result['variants'])})")
         self._submit_measures(job, result["variants"])
+        if job.method == "none":
+            self._dense_ready(job.model, result["variants"].get("default"))
 
     def _on_measure(self, done: Done) -> None:
-        mjob, row = done.task.context
-        result = done.result if not done.error else {"status": "error", "error": f"measure job failed: {done.error}"}
-        session = result.pop("session", {}) or {}
-        versions = result.pop("runtime_versions", {})
-        phases = result.pop("phases", {})
-        for phase, seconds in phases.items():
-            self.store.add_phase(mjob.key, "cell-phase", phase, seconds)
-        if "measure_start" in result:
-            self.store.add_phase(mjob.key, "cell", f"{mjob.target}:{mjob.scenario}",
-                                 result["measure_end"] - result["measure_start"])
-        self._put(mjob.key, {**row, **result, "precision": session.get("precision", ""),
-                             "tune_s": session.get("tune_s"), "session": json.dumps(session),
-                             "runtime_versions": json.dumps(versions)})
+        mjobs, rows, interleaved = done.task.context
+        results = done.result if not done.error else [{"status": "error", "error": f"measure job failed: {done.error}"}
+                                                      for _ in mjobs]
+        for mjob, row, result in zip(mjobs, rows, results):
+            session = result.pop("session", {}) or {}
+            versions = result.pop("runtime_versions", {})
+            for phase, seconds in result.pop("phases", {}).items():
+                self.store.add_phase(mjob.key, "cell-phase", phase, seconds)
+            if "measure_start" in result:
+                self.store.add_phase(mjob.key, "cell", f"{mjob.target}:{mjob.scenario}",
+                                     (result["measure_end"] - result["measure_start"]) / len(mjobs))
+            if result.get("status") == "ok":
+                self.retimed += result.get("timing_tries", 1) > 1
+                self.noisy += not result.get("timing_ok", True)
+            self._put(mjob.key, {**row, **result, "ref_interleaved": interleaved,
+                                 "precision": session.get("precision", ""), "tune_s": session.get("tune_s"),
+                                 "session": json.dumps(session), "runtime_versions": json.dumps(versions)})
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> list[dict[str, Any]]:
