@@ -8,6 +8,7 @@ Skips are decided by the small probes below (the lead moves them into conftest.p
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import threading
 import time
@@ -81,15 +82,23 @@ def test_tvm_cpu_declares_no_capability_it_lacks():
     assert get_target("tvm-arm").capabilities == frozenset()
 
 
+TUNING_OPT_IN = "HARNESS_TEST_TVM_TUNING"
+
+
 @needs_tvm
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.skipif(not os.environ.get(TUNING_OPT_IN),
+                    reason=f"set {TUNING_OPT_IN}=1: MetaSchedule needs more than 10 min for the tiny net's "
+                           "3 conv tasks on 2 shared cores (design-space generation and fresh builder "
+                           "workers per batch), too long for the default suite")
 def test_tvm_cpu_tuning_shares_one_database(artifact, net, tmp_path, monkeypatch):
     """Tuning fills the shared database once; a second compile tunes nothing and reuses it."""
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     target = get_target("tvm-cpu")
-    opts = target.parse_options({"tune_trials": "2"})
+    opts = target.parse_options({"tune_trials": "1"})
     first = target.compile(artifact, batch=1, scenario="SingleStream", threads=2, options=opts)
-    assert first.info["tune_tasks_tuned"] == 3 and first.info["tune_trials_run"] == 6
+    assert first.info["tune_tasks_tuned"] == 3 and first.info["tune_trials_run"] == 3
     assert first.info["tune_s"] > 0 and Path(first.info["tune_database"]).is_dir()
     again = target.compile(artifact, batch=1, scenario="SingleStream", threads=2, options=opts)
     assert again.info["tune_tasks_tuned"] == 0 and again.info["tune_database"] == first.info["tune_database"]
