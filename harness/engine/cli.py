@@ -46,6 +46,7 @@ def _sweep_args(sub: Any, name: str = "sweep",
     p.add_argument("--executor", help="local (default: cells in child processes) | inline (no child processes) | "
                                       "ray[:ADDRESS] (ray:auto, ray:HOST:PORT; none: a local Ray on 127.0.0.1)")
     p.add_argument("--artifacts", type=Path, help="artifact location every node can read (default OUT/artifacts)")
+    p.add_argument("--append", action="store_true", help="add rows of other data/models to an existing out directory")
     p.add_argument("--dry-run", action="store_true", help="print the plan (jobs, what is done, time left) and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -103,6 +104,8 @@ def _config(args: argparse.Namespace) -> Any:
         values["target_options"] = _target_options(args.target_option, values.get("target_options", {}))
     if args.no_progress:
         values["progress"] = False
+    if args.append:
+        values["append"] = True
     return SweepConfig(**values)
 
 

@@ -44,6 +44,7 @@ class SweepConfig:
     train_limit: int | None = None  # a fixed class-stratified subset of the training split
     executor: str = "local"  # local | inline | ray[:ADDRESS] (see harness.engine.executors)
     artifacts: Path | None = None  # shared artifact location (default OUT/artifacts; baselines: the cache)
+    append: bool = False  # allow rows of other data sets or models in the same out directory
     noise: dict[str, Any] = field(default_factory=dict)  # NoiseRules fields (harness.engine.noise) overriding defaults
 
     def __post_init__(self) -> None:

@@ -131,6 +131,27 @@ def _resolve_targets(config: SweepConfig) -> tuple[list[Target], dict[str, dict]
     return chosen, options, skipped
 
 
+def _check_no_mixing(config: SweepConfig) -> None:
+    """A store holds one data set and one set of models unless the user asks to append: two
+    different sweeps in one default directory would publish one confusing table."""
+    path = config.out / "results.sqlite"
+    if config.append or not path.exists():
+        return
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(path)
+        seen = db.execute("SELECT DISTINCT json_extract(row, '$.data'), json_extract(row, '$.model') FROM rows").fetchall()
+        db.close()
+    except sqlite3.Error:
+        return  # Store() reports an unreadable store with its own message
+    data = {d for d, _ in seen if d}
+    models = {m for _, m in seen if m}
+    if data and (data != {config.data} or not models <= set(config.models)):
+        raise UserError(f"{config.out} already holds rows of data {', '.join(sorted(data))} and models "
+                        f"{', '.join(sorted(models))}; use another --out, or --append to add these rows to them")
+
+
 def _check_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -175,6 +196,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
     targets, options, skipped = _resolve_targets(config)
     data = _load_all_data(config)
     _check_checkpoint(config, data)
+    _check_no_mixing(config)
     _check_out_dir(config.out)
     baselines = {m: BaselineJob(m, baseline_key(m, data[m], config.baseline_recipe, config.seed, config.checkpoint))
                  for m in config.models}
