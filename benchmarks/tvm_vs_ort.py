@@ -8,6 +8,8 @@ pool of random inputs, ORT and TVM interleaved (A B A B ...), ``--repeats`` pair
 computed per pair and the median reported (measurement.md: these machines are noisy).
 
 Run it alone (it times): ``flock /tmp/harness-timing.lock python benchmarks/tvm_vs_ort.py``.
+Expect ~20-30 min on 2 shared cores for --trials 16 (11 conv tasks; each build batch starts
+fresh builder workers). Not yet run to completion on the project machine (see the README).
 """
 from __future__ import annotations
 
