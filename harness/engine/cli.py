@@ -72,6 +72,9 @@ def _build_parser() -> _Parser:
     i.add_argument("--method")
     i.add_argument("--budget", action="append", default=[], metavar="KNOB=V")
     i.add_argument("--json", action="store_true")
+    from targets.tvm_board import add_board_parser  # no tvm import: the board code imports it when run
+
+    add_board_parser(sub)
     ls = sub.add_parser("ls", help="list registered methods, targets or models")
     ls.add_argument("what", nargs="?", choices=["methods", "targets", "models"], default=None)
     return parser
@@ -174,7 +177,13 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"sweep": _sweep, "plan": _sweep, "report": _report, "bench": _bench, "inspect": _inspect, "ls": _ls}
+def _board(args: argparse.Namespace) -> int:
+    from targets.tvm_board import board_command
+
+    return board_command(args)
+
+
+COMMANDS = {"board": _board, "sweep": _sweep, "plan": _sweep, "report": _report, "bench": _bench, "inspect": _inspect, "ls": _ls}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
