@@ -42,7 +42,7 @@ def test_entry_points_are_loaded(monkeypatch):
 
 
 def test_importing_the_packages_imports_no_runtime():
-    code = ("import sys, harness, targets, methods, harness.cli\n"
+    code = ("import sys, harness, targets, methods, harness.engine.cli\n"
             "from targets import TARGETS, get_target\n"
             "[get_target(k).availability() for k in TARGETS.names()]\n"
             "from methods import METHODS, get_method\n"

