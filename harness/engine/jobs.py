@@ -27,7 +27,7 @@ from harness.engine.baseline import cache_dir, get_baseline
 from harness.engine.cell import CellSpec, run_cell
 from harness.engine.config import SweepConfig
 from harness.engine.isolate import run_isolated
-from harness.engine.plan import BaselineJob, CompressJob, MeasureJob, load_model_data
+from harness.engine.plan import BaselineJob, CompressJob, MeasureJob, data_size, load_model_data
 from harness.engine.rows import content_key
 from harness.errors import UserError, first_line
 from harness.export import export_onnx, file_sha256
@@ -48,10 +48,7 @@ def log(msg: str) -> None:
 
 
 def _data(config: SweepConfig, model: str) -> DataBundle:
-    from harness.models import model_spec
-
-    size = model_spec(model).input_size if config.data.startswith("synthetic") else None
-    key = (config.data, size, config.seed, config.train_limit)
+    key = (config.data, data_size(config, model), config.seed, config.train_limit)
     if key not in _DATA:
         _DATA[key] = load_model_data(config, model)
     return _DATA[key]
@@ -91,7 +88,7 @@ def run_baseline(config: SweepConfig, job: BaselineJob) -> dict[str, Any]:
             "phases": {"baseline": train_wall, "arrays": time.perf_counter() - t0 - train_wall}}
 
 
-def _baseline_model(config: SweepConfig, model: str, base: dict[str, Any], classes: int) -> nn.Module:
+def _baseline_model(model: str, base: dict[str, Any], classes: int) -> nn.Module:
     net = build_model(model, num_classes=classes)
     net.load_state_dict(torch.load(base["weights"], map_location="cpu", weights_only=True))
     return net.eval()
@@ -105,7 +102,7 @@ def run_compress(config: SweepConfig, job: CompressJob, base: dict[str, Any], ne
     torch.set_num_threads(config.threads)
     data = _data(config, job.model)
     method = get_method(job.method)
-    model = _baseline_model(config, job.model, base, data.num_classes)
+    model = _baseline_model(job.model, base, data.num_classes)
     ctx = MethodContext(model_name=job.model, model=model, data=data, recipe=config.baseline_recipe,
                         seed=config.seed, workdir=config.artifact_dir / "methods", preset=config.preset,
                         measure_latency=_latency_probe(config, job, base), log=log)

@@ -162,17 +162,23 @@ def _check_out_dir(out: Path) -> None:
         raise UserError(f"output directory {out} is not writable: {exc.strerror or exc}") from None
 
 
+def data_size(config: SweepConfig, model: str) -> int | None:
+    """The input size a model's data is loaded at: synthetic data follows the model, real data
+    keeps its data set's own size."""
+    return model_spec(model).input_size if config.data.startswith("synthetic") else None
+
+
 def load_model_data(config: SweepConfig, model: str) -> DataBundle:
-    """The data a model is trained and evaluated on (synthetic data follows its input size)."""
-    size = model_spec(model).input_size if config.data.startswith("synthetic") else None
-    return load_data(config.data, input_size=size, seed=config.seed, train_limit=config.train_limit)
+    """The data a model is trained and evaluated on."""
+    return load_data(config.data, input_size=data_size(config, model), seed=config.seed,
+                     train_limit=config.train_limit)
 
 
 def _load_all_data(config: SweepConfig) -> dict[str, DataBundle]:
     cache: dict[int | None, DataBundle] = {}
     out = {}
     for name in config.models:
-        size = model_spec(name).input_size if config.data.startswith("synthetic") else None
+        size = data_size(config, name)
         if size not in cache:
             cache[size] = load_model_data(config, name)
         out[name] = cache[size]

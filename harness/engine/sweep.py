@@ -55,7 +55,6 @@ class Sweep:
         self.bases: dict[str, dict[str, Any]] = {}
         self.needs_onnx = any(t.needs == "onnx" for t in plan.targets)
         self.progress = Progress(log)
-        self.retimed = self.noisy = 0  # cells re-timed because they looked noisy; still noisy after
         self.dense: dict[str, dict[str, Any] | None] = {}  # per model: the dense network's variant record
         self.waiting: dict[str, list[tuple[CompressJob, dict[str, Any]]]] = {}  # budgets waiting for it
 
@@ -100,11 +99,12 @@ class Sweep:
                                   cpus=self.cfg.threads))
 
     def _submit_compress(self, job: CompressJob) -> None:
-        measure = self.plan.measure_jobs(job, list(self.store.variants(job.key)))
+        variants = self.store.variants(job.key)
+        measure = self.plan.measure_jobs(job, list(variants))
         budget = self.store.budget(job.key) or {}
-        if budget.get("status") == "ok" and measure and self._artifacts_exist(self.store.variants(job.key)):
-            variants = self.store.variants(job.key)
-            if all(m.key in self.store.finished_keys() for m in measure):
+        if budget.get("status") == "ok" and measure and self._artifacts_exist(variants):
+            finished = self.store.finished_keys()
+            if all(m.key in finished for m in measure):
                 log(f"  {job.label}: all cells finished earlier, skipped")
             else:
                 self._submit_measures(job, variants)  # compressed earlier: measure only
@@ -185,8 +185,7 @@ class Sweep:
         result = done.result if not done.error else {"status": "error", "error": f"compress job failed: {done.error}",
                                                      "variants": {}, "phases": {}}
         for phase, seconds in result.get("phases", {}).items():
-            self.store.add_phase(job.key, "compress" if phase == "compress" else phase,
-                                 job.method if phase == "compress" else job.method, seconds)
+            self.store.add_phase(job.key, phase, job.method, seconds)
         if result["status"] != "ok":
             for mjob in self.plan.measure_jobs(job, ["default"]):
                 self._put(mjob.key, {**self._base_row(mjob, mjob.target, mjob.scenario), "status": "error",
@@ -212,9 +211,6 @@ class Sweep:
             if "measure_start" in result:
                 self.store.add_phase(mjob.key, "cell", f"{mjob.target}:{mjob.scenario}",
                                      (result["measure_end"] - result["measure_start"]) / len(mjobs))
-            if result.get("status") == "ok":
-                self.retimed += result.get("timing_tries", 1) > 1
-                self.noisy += not result.get("timing_ok", True)
             self._put(mjob.key, {**row, **result, "ref_interleaved": interleaved,
                                  "precision": session.get("precision", ""), "tune_s": session.get("tune_s"),
                                  "session": json.dumps(session), "runtime_versions": json.dumps(versions)})
