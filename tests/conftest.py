@@ -1,8 +1,10 @@
 """Shared fixtures and the one place where skips are decided."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,82 @@ def available_cpu_targets() -> list[str]:
     keys = selected_targets() or TARGETS.names()
     return [k for k in keys if k in TARGETS and get_target(k).device == "cpu"
             and get_target(k).availability().ok]
+
+
+# ----------------------------------------------------------------------------- skips: decided here, each with its reason
+# Every test that cannot run here skips through one of these, and the reason says what to install.
+
+def tvm_missing() -> str:
+    """'' when tvm and what its RPC tracker needs are importable, else what is missing."""
+    for mod in ("tvm", "tornado", "cloudpickle", "psutil"):
+        if importlib.util.find_spec(mod) is None:
+            return f"python module {mod!r} not installed (pip install -e '.[tvm]')"
+    return ""
+
+
+def emulation_missing() -> str:
+    """'' when an emulated aarch64 board can start: tvm, the cross compiler and qemu-user."""
+    if tvm_missing():
+        return tvm_missing()
+    if not shutil.which("aarch64-linux-gnu-g++"):
+        return "aarch64-linux-gnu-g++ not found (apt-get install g++-aarch64-linux-gnu)"
+    from targets.tvm_board import emulation_missing as board_missing
+
+    return board_missing()
+
+
+def ray_missing() -> str:
+    return "" if importlib.util.find_spec("ray") else "ray is not installed (pip install -e '.[ray]')"
+
+
+def fashion_missing() -> str:
+    from harness.data.fashion_mnist import DEFAULT_PATH
+
+    return "" if Path(DEFAULT_PATH).is_dir() else f"{DEFAULT_PATH} absent (apt-get install dataset-fashion-mnist)"
+
+
+TVM_TUNING_OPT_IN = "HARNESS_TEST_TVM_TUNING"
+
+
+def tuning_missing() -> str:
+    return "" if os.environ.get(TVM_TUNING_OPT_IN) else (
+        f"set {TVM_TUNING_OPT_IN}=1: MetaSchedule needs more than 10 min for the tiny net's 3 conv tasks on "
+        "2 shared cores (design-space generation and fresh builder workers per batch), too long for the "
+        "default suite")
+
+
+def _needs(probe) -> pytest.MarkDecorator:
+    reason = probe()
+    return pytest.mark.skipif(bool(reason), reason=reason or "available")
+
+
+needs_tvm = _needs(tvm_missing)
+needs_emulation = _needs(emulation_missing)
+needs_ray = _needs(ray_missing)
+needs_fashion = _needs(fashion_missing)
+needs_tvm_tuning = _needs(tuning_missing)
+
+
+def require_targets(*keys: str) -> list[str]:
+    """The CPU targets among ``keys`` that are selected and available; skips (with why) if none is."""
+    found = [k for k in keys if k in available_cpu_targets()]
+    if not found:
+        pytest.skip(f"none of {', '.join(keys)} is selected by HARNESS_TEST_TARGETS and available")
+    return found
+
+
+def require_target(key: str):
+    """The target ``key``; skips with the reason when it is not selected or not available here."""
+    from targets import get_target
+
+    chosen = selected_targets()
+    if chosen is not None and key not in chosen:
+        pytest.skip(f"{key} not selected by HARNESS_TEST_TARGETS")
+    target = get_target(key)
+    status = target.availability()
+    if not status.ok:
+        pytest.skip(f"{key}: {status.reason}")
+    return target
 
 
 @pytest.fixture(autouse=True)

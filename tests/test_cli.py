@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import available_cpu_targets
+from conftest import require_targets
 
 
 def harness(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -123,9 +123,7 @@ def test_inspect_json_and_ls():
 
 @pytest.mark.slow
 def test_bench_times_an_onnx_file(tmp_path):
-    onnx_targets = [t for t in available_cpu_targets() if t in ("ort-cpu", "ov-cpu")]
-    if not onnx_targets:
-        pytest.skip("no ONNX target among HARNESS_TEST_TARGETS")
+    onnx_targets = require_targets("ort-cpu", "ov-cpu")
     from harness.export import export_onnx
     from harness.models import build_model
 

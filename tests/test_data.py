@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CIFAR_NAMES, FASHION_FILES, _idx_bytes, _write_cifar_batch, _write_fashion, _write_png
+from conftest import CIFAR_NAMES, FASHION_FILES, _idx_bytes, _write_cifar_batch, _write_fashion, _write_png, needs_fashion
 from harness.data import DATASETS, DataBundle, DataSet, eval_arrays, load_data, make_loader, stratified_indices
 from harness.data.fashion_mnist import CLASSES as FASHION_CLASSES
 from harness.data.fashion_mnist import DEFAULT_PATH as FASHION_DEFAULT
@@ -374,8 +374,7 @@ def test_fashion_errors_train_test_sizes_differ(tmp_path: Path) -> None:
     _raises_one_line(f"fashion-mnist:{tmp_path / 'f'}", "train images are 28x28 but test images 20x20")
 
 
-@pytest.mark.skipif(not Path(FASHION_DEFAULT).is_dir(),
-                    reason=f"{FASHION_DEFAULT} absent (apt-get install dataset-fashion-mnist)")
+@needs_fashion
 def test_fashion_real_files() -> None:
     bundle = load_data("fashion-mnist")
     assert len(bundle.train) == 60_000 and len(bundle.test) == 10_000 and bundle.num_classes == 10

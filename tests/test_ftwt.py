@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import require_target
 from harness.data import load_data
 from harness.macs import count_cost
 from harness.models.cifar_resnet import CifarResNet
@@ -229,7 +230,8 @@ def test_wiring_comes_from_the_registered_family():
 
 
 def test_onnx_selection_in_graph_matches_torch(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    require_target("ort-cpu")
+    import onnxruntime as ort
     import onnx
 
     torch.manual_seed(0)

@@ -342,13 +342,11 @@ def test_criteria_collected_once_per_baseline(tmp_path, monkeypatch) -> None:
 def test_sweep_end_to_end_pairs_layer_and_filter_pruning(tmp_path) -> None:
     """One sweep: the layer-pruned model and its filter-pruned twin at matched MACs, measured on
     a CPU target, with the graph-survival columns."""
-    from conftest import FAST_RECIPE, FAST_TIMING, available_cpu_targets
+    from conftest import FAST_RECIPE, FAST_TIMING, require_targets
     from harness.engine.config import SweepConfig
     from harness.engine.sweep import run_sweep
 
-    targets = [t for t in available_cpu_targets() if t == "ort-cpu"]
-    if not targets:
-        pytest.skip("ort-cpu not available")
+    targets = require_targets("ort-cpu")
     rows = run_sweep(SweepConfig(
         models=["resnet20"], methods=["layer-prune"], data="synthetic:32", preset="quick",
         recipe=FAST_RECIPE, timing=FAST_TIMING, out=tmp_path / "out", targets=targets,

@@ -21,9 +21,12 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
+from conftest import FAST_RECIPE, FAST_TIMING, ray_missing, require_targets
 
-from conftest import FAST_RECIPE, FAST_TIMING, available_cpu_targets  # noqa: E402
+if ray_missing():
+    pytest.skip(ray_missing(), allow_module_level=True)
+import ray  # noqa: E402
+
 from harness.engine.config import SweepConfig  # noqa: E402
 from harness.engine.executors import Task  # noqa: E402
 from harness.engine.executors.ray import RayExecutor, loopback_only  # noqa: E402
@@ -34,10 +37,7 @@ pytestmark = pytest.mark.slow
 
 
 def _targets(n: int) -> list[str]:
-    keys = [k for k in ("ort-cpu", "torch-eager") if k in available_cpu_targets()]
-    if not keys:
-        pytest.skip("neither ort-cpu nor torch-eager is selected")
-    return keys[:n]
+    return require_targets("ort-cpu", "torch-eager")[:n]
 
 
 def _config(out: Path, executor: str, targets: list[str], **kw) -> SweepConfig:

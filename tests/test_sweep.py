@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FAST_RECIPE, FAST_TIMING, available_cpu_targets
+from conftest import FAST_RECIPE, FAST_TIMING, require_targets
 from harness.engine.config import SweepConfig
 from harness.errors import UserError
 from harness.export import file_sha256
@@ -155,8 +155,7 @@ def test_sweep_on_cifar10_and_imagefolder_formats(tmp_path, cifar_root, folder_r
 
 @pytest.mark.slow
 def test_methods_can_probe_latency_on_a_target(tmp_path, monkeypatch):
-    if "ort-cpu" not in available_cpu_targets():
-        pytest.skip("ort-cpu not selected")
+    require_targets("ort-cpu")
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
     with registered(METHODS, "test-probe", "support_plugins:ProbingMethod"):
         rows = run_sweep(_config(tmp_path, ["ort-cpu"], methods=["test-probe"], scenarios=["SingleStream"]))

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import require_target
 from harness.errors import UserError
 from harness.export import export_onnx, file_sha256, onnx_summary
 from targets import TARGETS, Artifact, get_target
@@ -96,11 +97,7 @@ def imported_runtimes() -> list[str]:
 
 @pytest.fixture(params=selected_targets())
 def target(request):
-    tgt = get_target(request.param)
-    status = tgt.availability()
-    if not status.ok:
-        pytest.skip(f"{request.param}: {status.reason}")
-    return tgt
+    return require_target(request.param)
 
 
 @pytest.fixture
@@ -215,13 +212,7 @@ def test_file_sha256_is_stable(artifact):
 
 @pytest.fixture
 def ov_target():
-    if "ov-cpu" not in selected_targets():
-        pytest.skip("ov-cpu not selected by HARNESS_TEST_TARGETS")
-    tgt = get_target("ov-cpu")
-    status = tgt.availability()
-    if not status.ok:
-        pytest.skip(f"ov-cpu: {status.reason}")
-    return tgt
+    return require_target("ov-cpu")
 
 
 def test_ort_graph_facts_come_from_its_optimised_graph(artifact):

@@ -1,15 +1,11 @@
 """TVM targets: tvm-cpu on the host, tvm-arm against a host RPC server on loopback (fast), and
 end to end against an emulated aarch64 board (qemu-user) through the harness's own cell.
 
-Skips are decided by the small probes below (the lead moves them into conftest.py): tvm (the
-``tvm`` extra), the aarch64 cross compiler and qemu-user (Debian ``g++-aarch64-linux-gnu``,
-``qemu-user``); each skip says what is missing.
+Skips are decided in conftest.py: tvm (the ``tvm`` extra), the aarch64 cross compiler and
+qemu-user (Debian ``g++-aarch64-linux-gnu``, ``qemu-user``); each skip says what is missing.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
 import threading
 import time
 from dataclasses import asdict
@@ -17,35 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import FAST_TIMING
+from conftest import FAST_TIMING, emulation_missing, needs_emulation, needs_tvm, needs_tvm_tuning, tvm_missing
 from test_targets import CLASSES, INPUT_SHAPE, TestTargetContract as _Contract  # noqa: F401
 from test_targets import artifact, imported_runtimes, inputs, make_net, net, reference  # noqa: F401  fixtures
 
-from targets import Artifact, get_target
+from targets import get_target
 
 
-def tvm_missing() -> str:
-    """'' when tvm and what its RPC tracker needs are importable, else what is missing."""
-    for mod in ("tvm", "tornado", "cloudpickle", "psutil"):
-        if importlib.util.find_spec(mod) is None:
-            return f"python module {mod!r} not installed (pip install -e '.[tvm]')"
-    return ""
-
-
-def cross_missing() -> str:
-    return "" if shutil.which("aarch64-linux-gnu-g++") else "aarch64-linux-gnu-g++ not found (apt-get install g++-aarch64-linux-gnu)"
-
-
-def emulation_missing() -> str:
-    from targets.tvm_board import emulation_missing as missing
-
-    return tvm_missing() or cross_missing() or missing()
-
-
-needs_tvm = pytest.mark.skipif(bool(tvm_missing()), reason=tvm_missing() or "tvm installed")
-needs_emulation = pytest.mark.skipif(bool(emulation_missing()), reason=emulation_missing() or "ok")
 PARITY = 1e-3
 
 
@@ -85,16 +60,10 @@ def test_tvm_cpu_declares_no_capability_it_lacks():
     assert get_target("tvm-arm").capabilities == frozenset()
 
 
-TUNING_OPT_IN = "HARNESS_TEST_TVM_TUNING"
-
-
 @needs_tvm
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.skipif(not os.environ.get(TUNING_OPT_IN),
-                    reason=f"set {TUNING_OPT_IN}=1: MetaSchedule needs more than 10 min for the tiny net's "
-                           "3 conv tasks on 2 shared cores (design-space generation and fresh builder "
-                           "workers per batch), too long for the default suite")
+@needs_tvm_tuning
 def test_tvm_cpu_tuning_shares_one_database(artifact, net, tmp_path, monkeypatch):
     """Tuning fills the shared database once; a second compile tunes nothing and reuses it."""
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
