@@ -103,6 +103,9 @@ class Target(ABC):
     # resources, e.g. {"GPU": 1} or {"tvm-board:rk3588": 1}): the job runs where they are.
     resources: Mapping[str, float] = {}
     install_hint: str = ""  # how to make an unavailable target available (an extra, a package)
+    # Why a sweep without --targets leaves this target out even where it is available ("" = it is
+    # in the default sweep). Naming it in --targets always includes it.
+    opt_in: str = ""
 
     def availability(self, options: Mapping[str, Any] | None = None) -> Availability:
         """Whether this target can run here (with its parsed ``options``), with the reason when

@@ -66,6 +66,11 @@ class TvmCpu(Target):
     packages = ("apache-tvm", "apache-tvm-ffi")
     options = TUNE_OPTIONS
     install_hint = "pip install -e '.[tvm]'"
+    # Measured on the project's 2 cores (clean clone, quick preset): untuned resnet20 is 51 ms at
+    # SingleStream against ORT's 0.84 ms, and an Offline query at batch 64 takes 3.2 s, so one
+    # variant's two cells cost 3 min and an Offline cell of the next variant hit the 300 s time-out.
+    opt_in = ("untuned TVM is about 60x slower than ORT here and its batch-64 Offline cells take "
+              "minutes; name it in --targets (with tvm-cpu.tune_trials=N for a fair number)")
 
     def compile(self, artifact: Artifact, *, batch: int, scenario: str, threads: int,
                 options: Mapping[str, Any] | None = None) -> TvmSession:

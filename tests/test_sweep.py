@@ -161,3 +161,15 @@ def test_methods_can_probe_latency_on_a_target(tmp_path, monkeypatch):
         rows = run_sweep(_config(tmp_path, ["ort-cpu"], methods=["test-probe"], scenarios=["SingleStream"]))
     probe = [r for r in rows if r["method"] == "test-probe"][0]
     assert probe["status"] == "ok" and probe["probe_p50_ms"] > 0
+
+
+def test_default_targets_leave_out_opt_in_ones(tmp_path):
+    """Without --targets, an opt-in target (untuned TVM) is left out with its reason; named, it is in."""
+    plan = plan_sweep(_config(tmp_path, None))
+    keys = [t.key for t in plan.targets]
+    assert "tvm-cpu" not in keys and "torch-eager" in keys
+    from targets import get_target
+
+    if get_target("tvm-cpu").availability().ok:
+        assert plan.skipped_targets["tvm-cpu"].startswith("opt-in: untuned TVM")
+        assert [t.key for t in plan_sweep(_config(tmp_path, ["tvm-cpu"])).targets] == ["tvm-cpu"]

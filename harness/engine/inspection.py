@@ -79,6 +79,8 @@ def listing(what: str | None = None) -> str:
             lines.append(f"  {key:<14} device={t.device:<5} {state}  ({t.summary})")
             caps = ", ".join(sorted(t.capabilities)) or "none"
             lines.append(f"      capabilities: {caps}")
+            if t.opt_in:
+                lines.append(f"      not in the default sweep (opt-in): {t.opt_in}")
             for knob in t.options:
                 lines.append(f"      option {knob.describe()}: {knob.help}")
         parts.append("\n".join(lines))

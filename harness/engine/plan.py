@@ -121,8 +121,10 @@ def _resolve_targets(config: SweepConfig) -> tuple[list[Target], dict[str, dict]
         avail = target.availability(opts)
         if explicit and not avail.ok:
             raise _unavailable(target, avail.reason)
-        if not explicit and not (target.device == "cpu" and avail.ok):  # default: every available CPU target
-            skipped[key] = avail.reason or "not a CPU target"
+        if not explicit and not (target.device == "cpu" and avail.ok and not target.opt_in):
+            # default: every available CPU target that is not opt-in
+            skipped[key] = avail.reason or ("not a CPU target" if target.device != "cpu" else
+                                            f"opt-in: {target.opt_in}")
             continue
         chosen.append(target)
         options[key] = opts
