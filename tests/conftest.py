@@ -19,18 +19,19 @@ FAST_TIMING = TimingRules(warmup_min_s=0.0, warmup_min_n=2, min_s=0.0, min_n=8, 
 FAST_RECIPE = TrainRecipe(steps=90, batch_size=64)  # 4 passes over digits: ~94% in ~6 s
 
 
-def selected_targets() -> list[str] | None:
-    """Targets the tests may use: $HARNESS_TEST_TARGETS (set per tox environment) or all."""
-    raw = os.environ.get("HARNESS_TEST_TARGETS")
-    return [t.strip() for t in raw.split(",") if t.strip()] if raw else None
+def selected_targets() -> list[str]:
+    """Registered targets the tests may use, restricted by $HARNESS_TEST_TARGETS (set per tox
+    environment) when it is set."""
+    from targets import TARGETS
+
+    wanted = [t.strip() for t in os.environ.get("HARNESS_TEST_TARGETS", "").split(",") if t.strip()]
+    return [k for k in TARGETS.names() if k in wanted] if wanted else TARGETS.names()
 
 
 def available_cpu_targets() -> list[str]:
-    from targets import TARGETS, get_target
+    from targets import get_target
 
-    keys = selected_targets() or TARGETS.names()
-    return [k for k in keys if k in TARGETS and get_target(k).device == "cpu"
-            and get_target(k).availability().ok]
+    return [k for k in selected_targets() if get_target(k).device == "cpu" and get_target(k).availability().ok]
 
 
 # ----------------------------------------------------------------------------- skips: decided here, each with its reason
@@ -46,8 +47,9 @@ def tvm_missing() -> str:
 
 def emulation_missing() -> str:
     """'' when an emulated aarch64 board can start: tvm, the cross compiler and qemu-user."""
-    if tvm_missing():
-        return tvm_missing()
+    missing = tvm_missing()
+    if missing:
+        return missing
     if not shutil.which("aarch64-linux-gnu-g++"):
         return "aarch64-linux-gnu-g++ not found (apt-get install g++-aarch64-linux-gnu)"
     from targets.tvm_board import emulation_missing as board_missing
@@ -89,7 +91,8 @@ needs_tvm_tuning = _needs(tuning_missing)
 
 def require_targets(*keys: str) -> list[str]:
     """The CPU targets among ``keys`` that are selected and available; skips (with why) if none is."""
-    found = [k for k in keys if k in available_cpu_targets()]
+    available = available_cpu_targets()
+    found = [k for k in keys if k in available]
     if not found:
         pytest.skip(f"none of {', '.join(keys)} is selected by HARNESS_TEST_TARGETS and available")
     return found
@@ -99,8 +102,7 @@ def require_target(key: str):
     """The target ``key``; skips with the reason when it is not selected or not available here."""
     from targets import get_target
 
-    chosen = selected_targets()
-    if chosen is not None and key not in chosen:
+    if key not in selected_targets():
         pytest.skip(f"{key} not selected by HARNESS_TEST_TARGETS")
     target = get_target(key)
     status = target.availability()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import require_target
+from conftest import require_target, selected_targets
 from harness.errors import UserError
 from harness.export import export_onnx, file_sha256, onnx_summary
 from targets import TARGETS, Artifact, get_target
@@ -26,13 +26,6 @@ RUNTIMES = ("onnxruntime", "openvino", "tensorrt", "tvm")
 INPUT_SHAPE = (3, 16, 16)
 CLASSES = 10
 CASES = [("SingleStream", 1), ("Offline", 4)]
-
-
-def selected_targets() -> list[str]:
-    """Registered target names, restricted by HARNESS_TEST_TARGETS when it is set."""
-    names = TARGETS.names()
-    wanted = [n.strip() for n in os.environ.get("HARNESS_TEST_TARGETS", "").split(",") if n.strip()]
-    return [n for n in names if n in wanted] if wanted else names
 
 
 class TinyNet(nn.Module):

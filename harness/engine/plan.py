@@ -121,16 +121,25 @@ def _resolve_targets(config: SweepConfig) -> tuple[list[Target], dict[str, dict]
         avail = target.availability(opts)
         if explicit and not avail.ok:
             raise _unavailable(target, avail.reason)
-        if not explicit and not (target.device == "cpu" and avail.ok and not target.opt_in):
-            # default: every available CPU target that is not opt-in
-            skipped[key] = avail.reason or ("not a CPU target" if target.device != "cpu" else
-                                            f"opt-in: {target.opt_in}")
+        left_out = "" if explicit else _left_out_by_default(target, avail)
+        if left_out:
+            skipped[key] = left_out
             continue
         chosen.append(target)
         options[key] = opts
     if not chosen:
         raise UserError("no target is available here; see `python -m harness ls targets`")
     return chosen, options, skipped
+
+
+def _left_out_by_default(target: Target, avail) -> str:
+    """Why a sweep without --targets leaves ``target`` out ("" = it is in): the default is every
+    available CPU target that is not opt-in."""
+    if not avail.ok:
+        return avail.reason
+    if target.device != "cpu":
+        return "not a CPU target"
+    return f"opt-in: {target.opt_in}" if target.opt_in else ""
 
 
 def _check_no_mixing(config: SweepConfig) -> None:
