@@ -31,6 +31,11 @@ class Knob:
     choices: tuple[Any, ...] | None = None
     help: str = ""
     default: Any = None
+    quick_sweep: tuple[Any, ...] | None = None
+
+    def sweep(self, preset: str) -> tuple[Any, ...]:
+        """The values a sweep under ``preset`` takes when the user gives none."""
+        return self.quick_sweep if preset == "quick" and self.quick_sweep is not None else self.default_sweep
 
     def parse(self, text: Any) -> Any:
         """The value of ``text`` (a string, or already a value) for this knob; UserError when
@@ -67,6 +72,8 @@ class Knob:
         """One line: ``name=range (default sweep ...)`` for methods, ``(default X)`` for options."""
         if self.default_sweep:
             tail = f"default sweep {','.join(map(str, self.default_sweep))}"
+            if self.quick_sweep is not None and self.quick_sweep != self.default_sweep:
+                tail += f"; quick {','.join(map(str, self.quick_sweep)) or 'none'}"
         elif self.default is not None:
             tail = f"default {self.default}"
         else:

@@ -106,8 +106,10 @@ class Method(ABC):
     def validate(self, values: Mapping[str, Any]) -> None:
         """Check a combination of knob values (cross-knob rules); raise UserError when invalid."""
 
-    def budgets(self, overrides: Mapping[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
-        """The cartesian product of knob values: the overrides, else each knob's default sweep.
+    def budgets(self, overrides: Mapping[str, Sequence[Any]] | None = None,
+                preset: str = "standard") -> list[dict[str, Any]]:
+        """The cartesian product of knob values: the overrides, else each knob's default sweep
+        for ``preset`` (``Knob.sweep``: the quick preset takes the smaller ``quick_sweep``).
 
         A knob with an empty default sweep is left out unless given; within an ``exclusive`` group,
         the knobs the user did not give are left out as soon as one of them is given.
@@ -122,8 +124,8 @@ class Method(ABC):
                 raise UserError(f"method {self.name}: knobs {' and '.join(given)} are alternatives; give one")
             if given:
                 dropped.update(n for n in group if n not in given)
-        axes = [(k.name, tuple(overrides.get(k.name, k.default_sweep))) for k in self.knobs
-                if k.name not in dropped and (k.name in overrides or k.default_sweep)]
+        axes = [(k.name, tuple(overrides.get(k.name, k.sweep(preset)))) for k in self.knobs
+                if k.name not in dropped and (k.name in overrides or k.sweep(preset))]
         combos = [dict(zip([a for a, _ in axes], vals)) for vals in itertools.product(*[v for _, v in axes])]
         for combo in combos:
             self.validate(combo)

@@ -34,6 +34,31 @@ def test_knobs_combine_as_cartesian_product():
                       {"mode": "ps", "weight_bits": 5}, {"mode": "ps", "weight_bits": 4}]
 
 
+class QuickKnobs(Method):
+    name = "quick-knobs"
+    knobs = (Knob("mode", str, ("q", "ps"), choices=("q", "ps")),
+             Knob("weight_bits", int, (5, 4, 3), low=2, high=8, quick_sweep=(4,)))
+
+    def apply(self, ctx, knobs):
+        raise NotImplementedError
+
+
+def test_quick_preset_takes_the_smaller_default_sweep():
+    m = QuickKnobs()
+    assert len(m.budgets()) == 6 and len(m.budgets(preset="standard")) == 6
+    assert m.budgets(preset="quick") == [{"mode": "q", "weight_bits": 4}, {"mode": "ps", "weight_bits": 4}]
+    # what the user gives wins under every preset
+    assert m.budgets({"weight_bits": [3]}, preset="quick") == [{"mode": "q", "weight_bits": 3},
+                                                               {"mode": "ps", "weight_bits": 3}]
+    assert "quick 4" in m.knob("weight_bits").describe()
+
+
+def test_quick_preset_times_once_unless_told_otherwise():
+    assert SweepConfig(preset="quick").noise_rules == {"tries": 1}
+    assert SweepConfig(preset="standard").noise_rules == {}
+    assert SweepConfig(preset="quick", noise={"tries": 3}).noise_rules == {"tries": 3}
+
+
 class Forms(Method):
     name = "forms"
     knobs = (Knob("r", float, (0.8, 0.9), low=0, high=1), Knob("macs", float, (), low=0, high=1),

@@ -26,16 +26,19 @@ def test_declares_itself(method):
     assert method.name and method.summary
     assert method.produces in PRODUCES
     for knob in method.knobs:  # an empty default sweep marks an alternative form, given by the user
-        for value in knob.default_sweep:
+        for value in knob.default_sweep + (knob.quick_sweep or ()):
             knob.check(value)  # defaults are inside the declared range
         assert knob.describe().startswith(knob.name)
 
 
-def test_default_budgets_validate(method):
-    combos = method.budgets()
+@pytest.mark.parametrize("preset", ["quick", "standard"])
+def test_default_budgets_validate(method, preset):
+    combos = method.budgets(preset=preset)
     assert combos and all(isinstance(c, dict) for c in combos)
-    swept = {k.name for k in method.knobs if k.default_sweep}
+    swept = {k.name for k in method.knobs if k.sweep(preset)}
     assert all(set(c) == swept for c in combos)
+    if preset == "quick":  # the quick default sweep keeps every method, with fewer budgets
+        assert len(combos) <= len(method.budgets())
 
 
 @pytest.mark.parametrize("model_name", ["resnet20"])

@@ -84,6 +84,13 @@ class SweepConfig:
         return self.timing or PRESETS[self.preset]
 
     @property
+    def noise_rules(self) -> dict[str, Any]:
+        """NoiseRules fields for this sweep: the preset's (``PRESET_NOISE``), then ``noise``."""
+        from harness.engine.noise import preset_noise
+
+        return preset_noise(self.preset, self.noise)
+
+    @property
     def baseline_recipe(self) -> TrainRecipe:
         return self.recipe or BASELINE_RECIPES[self.preset]
 

@@ -247,7 +247,7 @@ def run_measure(config: SweepConfig, jobs: list[MeasureJob], records: list[dict[
                     reference=_record_artifact(reference, shape) if reference else None,
                     eval_x_path=base["eval_x"], eval_y_path=base["eval_y"],
                     options=config.target_options.get(head.target, {}), target_entry=_entry_string(head.target),
-                    noise=config.noise)
+                    noise=config.noise_rules)
     start = time.time()
     if isolated:
         result = run_isolated(spec, Path(workdir) / head.key, config.timeout_s * len(items))

@@ -99,7 +99,7 @@ def _resolve_methods(config: SweepConfig) -> list[tuple[Method, list[dict[str, A
         method = get_method(name)
         raw = config.budgets.get(name, {})
         values = {k: [method.knob(k).parse(str(v)) for v in vs] for k, vs in raw.items()}
-        out.append((method, method.budgets(values)))
+        out.append((method, method.budgets(values, config.preset)))
     return out
 
 

@@ -52,7 +52,7 @@ class DeepShift(Method):
     knobs = (
         Knob("mode", str, ("q", "ps"), choices=("q", "ps"), default="q",
              help="q: rounded latent weights (STE); ps: trained shift P and ternary sign S (RAdam)"),
-        Knob("weight_bits", int, (5, 4, 3), low=2, high=8, default=5,
+        Knob("weight_bits", int, (5, 4, 3), low=2, high=8, default=5, quick_sweep=(5,),
              help="bits per weight: Q p in [-(2^(b-1)-1), 0], PS p in [-(2^(b-1)-2), 0]"),
         Knob("act_bits", str, (), default="off", help="activation fixed point INT.FRAC (floor, signed), or off (default)"),
         Knob("init", str, (), choices=("pretrained", "scratch"), default="pretrained",

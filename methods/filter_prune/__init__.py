@@ -36,7 +36,7 @@ class FilterPrune(Method):
     report_columns = ("criterion", "filter_prune_ratio", "finetune_steps", "graph_conv_nodes",
                       "graph_narrower_convs", "graph_filter_ok")
     knobs = (
-        Knob("ratio", float, (0.25, 0.5), low=0.0, high=MAX_RATIO, default=0.5,
+        Knob("ratio", float, (0.25, 0.5), low=0.0, high=MAX_RATIO, default=0.5, quick_sweep=(0.5,),
              help="fraction of channels removed in every prunable layer"),
         Knob("macs", float, (), low=0.05, high=1.0,
              help="alternative to ratio: target fraction of the dense MACs (ratio found by search)"),

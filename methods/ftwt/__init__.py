@@ -90,7 +90,7 @@ class FTWT(Method):
                       "ftwt_macs_p10", "ftwt_macs_p50", "ftwt_macs_p90", "ftwt_predictor_macs",
                       "ftwt_execution", "ftwt_batch_policy", "ftwt_onnx_gather_nodes")
     knobs = (
-        Knob("r", float, (0.8, 0.88, 0.92, 0.97, 1.0), 0.05, 1.0,
+        Knob("r", float, (0.8, 0.88, 0.92, 0.97, 1.0), 0.05, 1.0, quick_sweep=(0.88,),
              help="kept heatmap mass per layer (the ground truth's threshold, --mthresh)"),
         Knob("macs", float, (), 0.05, 1.0,
              help="target MACs ratio (kept/dense); r is picked from the MACs(r) curve estimated on "

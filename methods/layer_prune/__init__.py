@@ -59,7 +59,7 @@ class LayerPrune(Method):
                       "graph_narrower_convs", "latency_requested_ms", "latency_achieved_ms",
                       "latency_within_tolerance")
     knobs = (
-        Knob("layers", str, ("1", "2", "4", "half"), default="1",
+        Knob("layers", str, ("1", "2", "4", "half"), default="1", quick_sweep=("half",),
              help="units removed: a count or 'half' (= ceil(removable/2)). Removable units are "
                   "declared per model: ResNet blocks keeping width and resolution, MobileNetV2 "
                   "blocks with identity skip; " + VGG_RULE),
