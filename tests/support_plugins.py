@@ -63,3 +63,13 @@ class ProbingMethod(Method):
     def apply(self, ctx, knobs):
         p50 = ctx.measure_latency(ctx.model, "ort-cpu")
         return Compressed([Deployable(ctx.model)], extra={"probe_p50_ms": p50})
+
+
+class CopyMethod(Method):
+    name = "test-copy"
+    summary = "the baseline unchanged, once per budget (cheap budgets for engine tests)"
+    produces = "dense"
+    knobs = (Knob("ratio", float, (0.25, 0.5, 0.75), low=0.0, high=1.0),)
+
+    def apply(self, ctx, knobs):
+        return Compressed([Deployable(ctx.model)])

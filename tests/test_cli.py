@@ -91,6 +91,8 @@ def test_sweep_report_and_bad_rerun_keep_results(tmp_path, cpu_targets):
     proc = harness("sweep", "--config", str(cfg), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "2 rows: 2 ok, 0 skipped, 0 errors, 0 timeouts" in proc.stdout
+    # results.md names the command that made its rows, so a reader can regenerate them
+    assert f"- Made by: `python -m harness sweep --config {cfg} --out {out}`" in (out / "results.md").read_text()
     before = {p.name: _digest(p) for p in out.iterdir() if p.is_file()}
     # a bad re-run into the same directory changes nothing
     assert_one_line_error(harness("sweep", "--config", str(cfg), "--out", str(out), "--models", "resnet99"),

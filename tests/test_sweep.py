@@ -124,6 +124,25 @@ def test_failures_are_rows_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert skipped["status"] == "skipped" and "which test-crash does not have" in skipped["error"]
 
 
+def test_budgets_of_a_model_share_cells_with_one_dense_reference(tmp_path, cpu_targets):
+    """A method's budgets on one target and scenario are timed in one cell (at most cell_items
+    networks), each interleaved with the same dense reference; the dense network has its own."""
+    target = cpu_targets[0]
+    with registered(METHODS, "test-copy", "support_plugins:CopyMethod"):
+        cfg = _config(tmp_path, [target], scenarios=["SingleStream"], methods=["test-copy"], cell_items=2)
+        rows = run_sweep(cfg)
+    assert {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows]
+    copies = sorted((r for r in rows if r["method"] == "test-copy"), key=lambda r: r["measure_start"])
+    dense = [r for r in rows if r["method"] == "none"]
+    assert len(copies) == 3 and len(dense) == 1
+    cells = {(r["measure_start"], r["measure_end"]) for r in copies}
+    assert len(cells) == 2  # 3 budgets, 2 per cell
+    first, second = copies[0], copies[1]
+    assert (first["measure_start"], first["ref_p50_ms"]) == (second["measure_start"], second["ref_p50_ms"])
+    assert all(r["ref_interleaved"] for r in copies) and not dense[0]["ref_interleaved"]
+    assert (dense[0]["measure_start"], dense[0]["measure_end"]) not in cells
+
+
 def test_plan_rejects_bad_input_before_running(tmp_path):
     with registered(METHODS, "test-fail", "support_plugins:FailingMethod"):
         with pytest.raises(UserError, match=r"ratio=1.5 out of range"):

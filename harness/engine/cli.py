@@ -109,6 +109,7 @@ def _config(args: argparse.Namespace) -> Any:
         values["progress"] = False
     if args.append:
         values["append"] = True
+    values["command"] = getattr(args, "command_line", "")
     return SweepConfig(**values)
 
 
@@ -190,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; user errors are one line on stderr with exit status 2."""
     try:
         args = _build_parser().parse_args(argv)
+        args.command_line = _resume_hint(argv)  # written into every row and results.md
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

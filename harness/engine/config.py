@@ -46,6 +46,8 @@ class SweepConfig:
     artifacts: Path | None = None  # shared artifact location (default OUT/artifacts; baselines: the cache)
     append: bool = False  # allow rows of other data sets or models in the same out directory
     noise: dict[str, Any] = field(default_factory=dict)  # NoiseRules fields (harness.engine.noise) overriding defaults
+    cell_items: int = 12  # networks of one model timed in one cell, interleaved with its dense reference
+    command: str = ""  # the command line that ran the sweep (the CLI fills it in); every row records it
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -58,8 +60,8 @@ class SweepConfig:
                 raise UserError(unknown_message("scenario", s, list(SCENARIOS)))
         if not self.models:
             raise UserError("no models given")
-        if self.threads < 1 or self.offline_batch < 1 or self.pool_size < 1:
-            raise UserError("threads, offline_batch and pool_size must be >= 1")
+        if self.threads < 1 or self.offline_batch < 1 or self.pool_size < 1 or self.cell_items < 1:
+            raise UserError("threads, offline_batch, pool_size and cell_items must be >= 1")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise UserError("eval_limit must be >= 1")
         if self.train_limit is not None and self.train_limit < 1:

@@ -75,12 +75,21 @@ MD_COLUMNS = ["method", "budget", "variant", "target", "status", "top1", "top1_d
               "speedup", "macs_ratio", "realised_share", "timing_ok", "compile_s", "first_run_ms", "train_s"]
 
 
+def _distinct(df: pd.DataFrame, col: str) -> list[str]:
+    """The distinct non-empty values of ``col``, in the order the rows were written."""
+    if col not in df.columns:
+        return []
+    ordered = df.sort_values("written", kind="stable") if "written" in df.columns else df
+    return [str(v) for v in dict.fromkeys(ordered[col].dropna()) if str(v) not in ("", "nan")]
+
+
 def _markdown(df: pd.DataFrame) -> str:
     first = df.iloc[0] if len(df) else None
     lines = ["# Latency vs accuracy", ""]
     if first is not None:
         lines += [f"- Machine: {first['cpu']} ({_fmt(first['cpu_count'])} CPUs), GPU: {first['gpu']}; "
-                  f"threads {_fmt(first['threads'])}; git {first['git_rev']}",
+                  f"threads {_fmt(first['threads'])}; git {', '.join(_distinct(df, 'git_rev'))}",
+                  *[f"- Made by: `{c}`" for c in _distinct(df, "command")],
                   f"- Timing: preset `{first['preset']}`, percentiles by {PERCENTILE_RULE}; p90 needs "
                   f">= {SAMPLE_FLOORS['p90']} samples and p99 >= {SAMPLE_FLOORS['p99']}, else blank. "
                   "Latency in ms per query; throughput in samples/s.",

@@ -20,7 +20,7 @@ COLUMNS = [
     "percentile_rule", "timing_note", "produces", "synthetic", "device", "eval_n", "pool_inputs",
     "train_n", "baseline_source", "baseline_key", "data_hash", "recipe", "seed",
     "node", "cpu", "cpu_count", "arch", "gpu", "board", "emulated", "measure_start", "measure_end",
-    "git_rev", "started", "written", "versions", "runtime_versions", "session", "macs_convention", "key",
+    "command", "git_rev", "started", "written", "versions", "runtime_versions", "session", "macs_convention", "key",
 ]
 # A row's dense reference: same baseline weights, target, build options, scenario, batch, timing.
 GROUP = ["model", "baseline_key", "target", "target_options", "scenario", "batch", "preset", "threads"]
