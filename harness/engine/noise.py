@@ -39,8 +39,11 @@ class NoiseRules:
 
 # Per-preset departures from the NoiseRules defaults. quick times each cell once: a re-time costs
 # a whole timed loop again (measured: 43 of 58 quick cells took 3 tries, 65% of the sweep's wall
-# time was timing), and quick exists to be quick; its suspect rows are still marked, with reasons.
-PRESET_NOISE: dict[str, dict[str, Any]] = {"quick": {"tries": 1}}
+# time was timing, and 40 of them stayed suspect anyway). quick's blocks are 0.2 s (1 s in 5
+# blocks): on the project's shared 2-vCPU machine, with nothing else running, the block medians of
+# one ORT session spread 4-25% (median of runs ~10%), so quick accepts up to 30% drift, the
+# precision its numbers are stated with; standard (2 s blocks) keeps 10%. Rows past it are marked.
+PRESET_NOISE: dict[str, dict[str, Any]] = {"quick": {"tries": 1, "max_drift": 0.30}}
 
 
 def preset_noise(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

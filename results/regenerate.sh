@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Regenerate the published results from scratch, with the commands each results.md names.
+# Run from the repository root on a clean checkout (rows record the git revision; a dirty tree
+# shows as "+dirty"), with nothing else running: every cell is a timing. Usage:
+#   bash results/regenerate.sh [NAME ...]     # default: all of them
+# Each NAME's old folder is moved to NAME.old first: rows are keyed by content, so a store left
+# in place would count its old rows as finished and keep them.
+set -euo pipefail
+PY=${PYTHON:-python}
+
+sweep() { echo "+ python -m harness sweep $*" >&2; "$PY" -m harness sweep "$@"; }
+
+run() {
+  local name=$1 out=results/$1
+  rm -rf "$out.old"; [ -d "$out" ] && mv "$out" "$out.old"
+  case $name in
+    digits-resnet20)  # the default sweep (quick preset: every method at its quick budgets)
+      sweep --preset quick --out "$out" ;;
+    digits-resnet20-deepshift)
+      sweep --preset quick --methods deepshift --budgets deepshift:mode=q,ps --budgets deepshift:weight_bits=5 --out "$out" ;;
+    digits-decompose)
+      sweep --preset quick --models resnet56,resnet20 --methods decompose --scenarios SingleStream --out "$out"
+      sweep --preset quick --models resnet56,resnet20 --methods decompose --budgets decompose:ratio=0.5 --scenarios SingleStream --out "$out" ;;
+    digits-resnet56-layer-vs-filter)
+      sweep --preset quick --models resnet56 --methods layer-prune,filter-prune --budgets layer-prune:layers=2,half \
+        --budgets layer-prune:pair=filter --budgets filter-prune:macs=0.5 --scenarios SingleStream --out "$out"
+      sweep --preset quick --models resnet56 --methods layer-prune --budgets layer-prune:latency=0.6 --scenarios SingleStream --out "$out" ;;
+    digits-ftwt)  # standard preset: FTWT needs the longer recipe (see the README)
+      sweep --preset standard --models resnet56,vgg16_bn --methods ftwt --budgets ftwt:r=0.75,0.8,0.88 --scenarios SingleStream --out "$out"
+      sweep --preset standard --models resnet56,vgg16_bn --methods ftwt --budgets ftwt:r=0.8 --budgets ftwt:calibrate=off --scenarios SingleStream --out "$out" ;;
+    *) echo "unknown result set: $name" >&2; exit 2 ;;
+  esac
+  rm -rf "$out/artifacts" "$out/work" "$out.old"
+}
+
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(digits-resnet20 digits-resnet20-deepshift digits-decompose digits-resnet56-layer-vs-filter digits-ftwt)
+for n in "${names[@]}"; do run "$n"; done
