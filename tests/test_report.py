@@ -41,6 +41,17 @@ def test_publish_writes_three_files_with_errors_listed(tmp_path):
     assert len(pd.read_csv(paths["csv"])) == 2
 
 
+def test_results_md_names_every_command_and_revision_that_made_its_rows(tmp_path):
+    rows = [_row("none", 2.0, 400, 98.0, command="python -m harness sweep --preset quick", written="1"),
+            _row("x", 1.0, 100, 97.5, command="python -m harness sweep --methods x", git_rev="def+dirty", written="2"),
+            _row("y", 1.0, 100, 97.5)]  # a row from before the command was recorded
+    md = publish(tmp_path, rows)["md"].read_text()
+    assert "git abc, def+dirty" in md
+    assert md.index("- Made by: `python -m harness sweep --preset quick`") < md.index(
+        "- Made by: `python -m harness sweep --methods x`")
+    assert "- Made by: not recorded for 1 row(s)" in md
+
+
 def test_method_details_table_shows_the_declared_columns(tmp_path, monkeypatch):
     from methods import METHODS
     from methods.none import NoCompression

@@ -83,6 +83,13 @@ def _distinct(df: pd.DataFrame, col: str) -> list[str]:
     return [str(v) for v in dict.fromkeys(ordered[col].dropna()) if str(v) not in ("", "nan")]
 
 
+def _unrecorded(df: pd.DataFrame) -> list[str]:
+    """A line for rows whose command was not recorded (stores older than the column)."""
+    missing = int(df["command"].isna().sum()) if "command" in df.columns else len(df)
+    return [f"- Made by: not recorded for {missing} row(s) (written by a harness version that did not "
+            "record its command)"] if missing else []
+
+
 def _markdown(df: pd.DataFrame) -> str:
     first = df.iloc[0] if len(df) else None
     lines = ["# Latency vs accuracy", ""]
@@ -90,6 +97,7 @@ def _markdown(df: pd.DataFrame) -> str:
         lines += [f"- Machine: {first['cpu']} ({_fmt(first['cpu_count'])} CPUs), GPU: {first['gpu']}; "
                   f"threads {_fmt(first['threads'])}; git {', '.join(_distinct(df, 'git_rev'))}",
                   *[f"- Made by: `{c}`" for c in _distinct(df, "command")],
+                  *_unrecorded(df),
                   f"- Timing: preset `{first['preset']}`, percentiles by {PERCENTILE_RULE}; p90 needs "
                   f">= {SAMPLE_FLOORS['p90']} samples and p99 >= {SAMPLE_FLOORS['p99']}, else blank. "
                   "Latency in ms per query; throughput in samples/s.",
