@@ -44,13 +44,15 @@ def gpu_name() -> str:
 
 @lru_cache(maxsize=None)
 def git_revision() -> str:
-    """The project's commit, with "+dirty" when the work tree has uncommitted changes."""
+    """The project's commit, with "+dirty" when the work tree has uncommitted changes outside
+    ``results/`` (the published results are the harness's own output: a sweep that writes them
+    into a clean checkout still ran clean code)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True,
                               text=True, timeout=10).stdout.strip()
     try:
         rev = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (rev or "unknown") + ("+dirty" if dirty else "")

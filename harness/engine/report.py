@@ -59,6 +59,14 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _count(value: Any) -> str:
+    """A count read back as a float from a column with gaps (2.0 -> "2")."""
+    try:
+        return str(int(value))
+    except (TypeError, ValueError):
+        return _fmt(value)
+
+
 def _md_cell(col: str, value: Any) -> str:
     """Human units in the Markdown table (the CSV keeps exact numbers)."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -94,8 +102,8 @@ def _markdown(df: pd.DataFrame) -> str:
     first = df.iloc[0] if len(df) else None
     lines = ["# Latency vs accuracy", ""]
     if first is not None:
-        lines += [f"- Machine: {first['cpu']} ({_fmt(first['cpu_count'])} CPUs), GPU: {first['gpu']}; "
-                  f"threads {_fmt(first['threads'])}; git {', '.join(_distinct(df, 'git_rev'))}",
+        lines += [f"- Machine: {first['cpu']} ({_count(first['cpu_count'])} CPUs), GPU: {first['gpu']}; "
+                  f"threads {_count(first['threads'])}; git {', '.join(_distinct(df, 'git_rev'))}",
                   *[f"- Made by: `{c}`" for c in _distinct(df, "command")],
                   *_unrecorded(df),
                   f"- Timing: preset `{first['preset']}`, percentiles by {PERCENTILE_RULE}; p90 needs "
