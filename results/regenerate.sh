@@ -28,11 +28,27 @@ run() {
     digits-ftwt)  # standard preset: FTWT needs the longer recipe (see the README)
       sweep --preset standard --models resnet56,vgg16_bn --methods ftwt --budgets ftwt:r=0.75,0.8,0.88 --scenarios SingleStream --out "$out"
       sweep --preset standard --models resnet56,vgg16_bn --methods ftwt --budgets ftwt:r=0.8 --budgets ftwt:calibrate=off --scenarios SingleStream --out "$out" ;;
+    # Issue 13's studies on Fashion-MNIST (60,000 training images, the official 10,000 test
+    # images), standard preset (baselines 3,000 steps, fine-tunes 2,000 steps at batch 32),
+    # timed on ort-cpu at batch 1 only: the question is accuracy at a size/latency.
+    fashion-resnet56-layer-vs-filter)
+      local common=(--data fashion-mnist --preset standard --models resnet56 --targets ort-cpu --scenarios SingleStream --out "$out")
+      sweep "${common[@]}" --methods layer-prune,filter-prune --budgets layer-prune:layers=half \
+        --budgets layer-prune:pair=filter --budgets filter-prune:macs=0.35
+      sweep "${common[@]}" --methods layer-prune --budgets layer-prune:layers=half --budgets layer-prune:criterion=imprint ;;
+    fashion-resnet20-decompose)
+      local common=(--data fashion-mnist --preset standard --models resnet20 --methods decompose --targets ort-cpu --scenarios SingleStream --out "$out")
+      sweep "${common[@]}"
+      sweep "${common[@]}" --budgets decompose:ratio=0.5 ;;
+    fashion-resnet20-deepshift)
+      sweep --data fashion-mnist --preset standard --models resnet20 --methods deepshift --budgets deepshift:mode=q,ps \
+        --budgets deepshift:weight_bits=5,4,3 --targets ort-cpu --scenarios SingleStream --out "$out" ;;
     *) echo "unknown result set: $name" >&2; exit 2 ;;
   esac
   rm -rf "$out/artifacts" "$out/work" "$out.old"
 }
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(digits-resnet20 digits-resnet20-deepshift digits-decompose digits-resnet56-layer-vs-filter digits-ftwt)
+[ ${#names[@]} -gt 0 ] || names=(digits-resnet20 digits-resnet20-deepshift digits-decompose digits-resnet56-layer-vs-filter digits-ftwt
+  fashion-resnet56-layer-vs-filter fashion-resnet20-decompose fashion-resnet20-deepshift)
 for n in "${names[@]}"; do run "$n"; done

@@ -30,7 +30,7 @@ def _sweep_args(sub: Any, name: str = "sweep",
     p.add_argument("--budgets", action="append", default=[], metavar="METHOD:KNOB=V1,V2",
                    help="knob values per method (repeatable; KNOB=V1,V2 alone when one method is named)")
     p.add_argument("--targets", help="comma list (default: every available CPU target that is not opt-in; see `ls targets`)")
-    p.add_argument("--data", help="digits (default) | cifar10:PATH | imagefolder:PATH | synthetic[:N]")
+    p.add_argument("--data", help="digits (default) | fashion-mnist[:PATH] | cifar10:PATH | imagefolder:PATH | synthetic[:N]")
     p.add_argument("--preset", choices=None, help="quick | standard (default) | publication")
     p.add_argument("--scenarios", help="comma list of SingleStream,Offline (default both)")
     p.add_argument("--out", type=Path, help="output directory (default results/default)")
