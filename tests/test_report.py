@@ -52,6 +52,17 @@ def test_results_md_names_every_command_and_revision_that_made_its_rows(tmp_path
     assert "- Made by: not recorded for 1 row(s)" in md
 
 
+def test_results_md_opens_with_the_study_summary_and_keeps_it_when_republished(tmp_path):
+    (tmp_path / "summary.md").write_text("# Study: X vs Y\n\nClaim: X is faster. Held here: no.\n")
+    rows = [_row("none", 2.0, 400, 98.0), _row("x", 1.0, 100, 97.5)]
+    for _ in range(2):  # the second publish must not lose or double the summary
+        md = publish(tmp_path, rows)["md"].read_text()
+        assert md.startswith("# Study: X vs Y\n\nClaim: X is faster. Held here: no.\n\n# Latency vs accuracy")
+        assert md.count("Claim: X is faster") == 1
+    (tmp_path / "summary.md").unlink()
+    assert publish(tmp_path, rows)["md"].read_text().startswith("# Latency vs accuracy")
+
+
 def test_method_details_table_shows_the_declared_columns(tmp_path, monkeypatch):
     from methods import METHODS
     from methods.none import NoCompression

@@ -78,6 +78,8 @@ def _md_cell(col: str, value: Any) -> str:
     return _fmt(value)
 
 
+SUMMARY_FILE = "summary.md"  # a study's hand-written opening, kept across re-publishing
+
 MD_COLUMNS = ["method", "budget", "variant", "target", "status", "top1", "top1_drop", "parity_max_abs",
               "macs", "params", "size_bytes", "p50_ms", "p90_ms", "p99_ms", "n", "throughput",
               "speedup", "macs_ratio", "realised_share", "timing_ok", "compile_s", "first_run_ms", "train_s"]
@@ -209,12 +211,21 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def _summary(out: Path) -> str:
+    """A study's own summary (``OUT/summary.md``: the claim tested, what was measured, whether it
+    held), written by whoever ran the study from these rows; results.md opens with it and the
+    generated tables follow, so a re-published folder keeps its summary beside fresh numbers."""
+    path = out / SUMMARY_FILE
+    return path.read_text().rstrip() + "\n\n" if path.is_file() else ""
+
+
 def publish(out: Path, rows: list[dict[str, Any]]) -> dict[str, Path]:
     """Write results.csv, results.md and pareto.png under ``out``; returns their paths."""
     out = Path(out)
     paths = {"csv": out / "results.csv", "md": out / "results.md", "png": out / "pareto.png"}
     df = derive(rows) if rows else pd.DataFrame(columns=COLUMNS)
     df.to_csv(paths["csv"], index=False)
-    paths["md"].write_text(_markdown(df) if len(df) else "# Latency vs accuracy\n\nNo rows yet.\n")
+    body = _markdown(df) if len(df) else "# Latency vs accuracy\n\nNo rows yet.\n"
+    paths["md"].write_text(_summary(out) + body)
     _plot(df, paths["png"])
     return paths
