@@ -42,7 +42,14 @@ run() {
       sweep "${common[@]}" --budgets decompose:ratio=0.5 ;;
     fashion-resnet20-deepshift)
       sweep --data fashion-mnist --preset standard --models resnet20 --methods deepshift --budgets deepshift:mode=q,ps \
-        --budgets deepshift:weight_bits=5,4,3 --targets ort-cpu --scenarios SingleStream --out "$out" ;;
+        --budgets deepshift:weight_bits=5,4,3 --targets ort-cpu --scenarios SingleStream --out "$out"
+      sweep --data fashion-mnist --preset standard --models resnet20 --methods deepshift --budgets deepshift:mode=q,ps \
+        --budgets deepshift:weight_bits=5 --budgets deepshift:init=scratch --targets ort-cpu --scenarios SingleStream --out "$out" ;;
+    fashion-resnet20-ftwt)  # torch-eager: the real-skipping variant; ort-cpu: the masked one
+      sweep --data fashion-mnist --preset standard --models resnet20 --methods ftwt --budgets ftwt:r=0.8,0.88,0.97 \
+        --targets torch-eager,ort-cpu --scenarios SingleStream --out "$out"
+      sweep --data fashion-mnist --preset standard --models resnet20 --methods ftwt --budgets ftwt:r=0.88 \
+        --budgets ftwt:mode=joint --targets torch-eager,ort-cpu --scenarios SingleStream --out "$out" ;;
     *) echo "unknown result set: $name" >&2; exit 2 ;;
   esac
   rm -rf "$out/artifacts" "$out/work" "$out.old"
@@ -50,5 +57,6 @@ run() {
 
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(digits-resnet20 digits-resnet20-deepshift digits-decompose digits-resnet56-layer-vs-filter digits-ftwt
-  fashion-resnet56-layer-vs-filter fashion-resnet20-decompose fashion-resnet20-deepshift)
+  fashion-resnet56-layer-vs-filter fashion-resnet20-decompose fashion-resnet20-deepshift
+  fashion-resnet20-ftwt)
 for n in "${names[@]}"; do run "$n"; done

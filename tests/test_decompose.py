@@ -111,6 +111,76 @@ def test_evbmf_on_pure_noise_is_rank_zero_and_handles_a_single_row():
     assert evbmf(np.zeros((4, 9)))[0] == 0
 
 
+def _reference_evbmf(Y):
+    """EVBMF transcribed line by line from the vendored VBMF.py the paper's code calls
+    (CasvandenBogaard's port of Nakajima et al.): an oracle written apart from ranks.evbmf."""
+    from scipy.optimize import minimize_scalar
+
+    L, M = Y.shape
+    H = L
+    alpha = L / M
+    tauubar = 2.5129 * np.sqrt(alpha)
+    s = np.linalg.svd(Y, compute_uv=False)[:H]
+    residual = 0.0
+
+    def tau(x):
+        return 0.5 * (x - (1 + alpha) + np.sqrt((x - (1 + alpha)) ** 2 - 4 * alpha))
+
+    def EVBsigma2(sigma2):
+        x = s ** 2 / (M * sigma2)
+        z1, z2 = x[x > xubar], x[x <= xubar]
+        tau_z1 = tau(z1)
+        return (np.sum(z2 - np.log(z2)) + np.sum(z1 - tau_z1) + np.sum(np.log(np.divide(tau_z1 + 1, z1)))
+                + alpha * np.sum(np.log(tau_z1 / alpha + 1)) + residual / (M * sigma2) + (L - H) * np.log(sigma2))
+
+    xubar = (1 + tauubar) * (1 + alpha / tauubar)
+    eH_ub = int(np.min([np.ceil(L / (1 + alpha)) - 1, H])) - 1
+    upper_bound = (np.sum(s ** 2) + residual) / (L * M)
+    lower_bound = np.max([s[eH_ub + 1] ** 2 / (M * xubar), np.mean(s[eH_ub + 1:] ** 2) / M])
+    sigma2 = minimize_scalar(EVBsigma2, bounds=[lower_bound, upper_bound], method="Bounded").x
+    threshold = np.sqrt(M * sigma2 * (1 + tauubar) * (1 + alpha / tauubar))
+    return int(np.sum(s > threshold)), sigma2
+
+
+@pytest.mark.parametrize("c_out,c_in,rank,noise", [(16, 16, 3, 0.1), (32, 16, 6, 0.2), (64, 64, 10, 0.05),
+                                                   (64, 32, 0, 0.1), (32, 32, 20, 0.02)])
+def test_evbmf_agrees_with_the_papers_vbmf_on_conv_unfoldings(c_out, c_in, rank, noise):
+    """Both mode unfoldings of a conv-shaped kernel (low rank + init-like noise): same rank and
+    noise variance as the reference the paper's code vendors."""
+    from methods.decompose.diagnose import unfold
+
+    rng = np.random.default_rng(c_out + rank)
+    w = noise * rng.normal(size=(c_out, c_in, 3, 3))
+    if rank:
+        w += (rng.normal(size=(c_out, rank)) @ rng.normal(size=(rank, c_in * 9))).reshape(w.shape) / 10
+    for mode in (0, 1):
+        m = unfold(w, mode)
+        ref_rank, ref_sigma2 = _reference_evbmf(m)
+        ours, _, sigma2 = evbmf(m)
+        assert ours == ref_rank
+        assert sigma2 == pytest.approx(ref_sigma2, rel=1e-3)
+
+
+def test_diagnosis_sees_the_initialisation_as_pure_noise():
+    """At init every conv is N(0, 2/(k^2 C_out)): EVBMF's noise estimate is that variance and it
+    keeps nothing; a learned rank-2 update on top of it is what EVBMF then keeps."""
+    from methods.decompose.diagnose import diagnose_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    layers = diagnose_model(model)
+    assert len(layers) == 18 and layers[0].layer == "layer1.0.conv1"  # the stem conv is left out
+    for d in layers:
+        for m in d.modes:
+            assert m.rank == 0 and m.energy_kept == 0.0 and 0.85 < m.noise_ratio < 1.15
+    conv = model.layer3[0].conv2
+    with torch.no_grad():
+        u, v = torch.randn(64, 2), torch.randn(2, 64 * 9)
+        conv.weight += (u @ v).reshape(conv.weight.shape) * 0.05
+    d = next(x for x in diagnose_model(model) if x.layer == "layer3.0.conv2")
+    assert d.modes[0].rank == 2 and d.modes[0].top_over_edge > 1
+
+
 def test_energy_ratio_and_rounding_rules():
     w = np.diag([3.0, 2.0, 1.0])  # sigma^2 = 9, 4, 1 of 14: 64%, 93%, 100%
     assert energy_rank(w, 0.6) == 1 and energy_rank(w, 0.9) == 2 and energy_rank(w, 0.95) == 3
