@@ -11,6 +11,7 @@ uninterrupted run. A method that changes the network mid-schedule runs ``fit`` o
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -213,6 +214,7 @@ def fit(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, seed: int,
     loss_fn = nn.CrossEntropyLoss()
     # disable=None: tqdm draws only on a terminal, so logs and CI output stay readable
     bar = tqdm(total=end - state.step, desc=desc, leave=False, disable=None if progress else True)
+    lines = _LogProgress(desc, state.step, end, progress)
     model.train()
     while state.step < end:
         p, batches = _batches(data, recipe, seed, state.step)
@@ -231,6 +233,7 @@ def fit(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, seed: int,
             state.step += 1
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            lines.update(state.step)
             if on_step_end is not None:
                 on_step_end(state.step, model)
             if state.step >= end:
@@ -247,6 +250,34 @@ def fit(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, seed: int,
     bar.close()
     return FitResult(state.train_s, [state.pass_s[k] for k in sorted(state.pass_s)], start_step, end,
                      recipe.lr_at(end))
+
+
+class _LogProgress:
+    """Progress lines for logs. tqdm draws only on a terminal; without one, a long run would say
+    nothing for minutes, so every ``every_s`` seconds it prints how far it is and about how long
+    is left (from its own pace so far)."""
+
+    every_s = 60.0
+
+    def __init__(self, desc: str, start: int, end: int, enabled: bool):
+        self.enabled = enabled and not sys.stderr.isatty()
+        self.desc, self.start, self.end = desc, start, end
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, step: int) -> None:
+        now = time.perf_counter()
+        if not self.enabled or now - self.last < self.every_s or step <= self.start:
+            return
+        self.last = now
+        done, total = step - self.start, max(1, self.end - self.start)
+        left = (now - self.t0) / done * (self.end - step)
+        print(f"    {self.desc}: step {step}/{self.end} ({100 * done / total:.0f}%), {_clock(now - self.t0)} "
+              f"elapsed, about {_clock(left)} left", file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}:{s:02d}"
 
 
 class _PassClock:

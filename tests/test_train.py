@@ -30,6 +30,22 @@ def test_fit_is_seeded(digits):
         assert torch.equal(pa, pb)
 
 
+def test_a_run_without_a_terminal_prints_progress_lines(digits, capsys, monkeypatch):
+    """tqdm draws only on a terminal; a log gets 'step s/N (p%), elapsed, about ... left' lines
+    (every 60 s; every step here), and none when progress is off."""
+    from harness import train
+
+    monkeypatch.setattr(train._LogProgress, "every_s", 0.0)
+    recipe = TrainRecipe(steps=3, batch_size=128)
+    fit(_model(), digits, recipe, seed=0, desc="baseline resnet20")
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "baseline resnet20: step" in ln]
+    assert [ln.split("step ")[1].split(" ")[0] for ln in lines] == ["1/3", "2/3", "3/3"]
+    assert "(100%)" in lines[-1] and "elapsed, about 0:00 left" in lines[-1]
+    fit(_model(), digits, recipe, seed=0, desc="quiet", progress=False)
+    assert "quiet: step" not in capsys.readouterr().err
+
+
 def _same_weights(a, b) -> None:
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(pa.float(), pb.float(), atol=1e-6), name
