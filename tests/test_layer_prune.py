@@ -500,3 +500,27 @@ def test_context_cache_computes_once_per_key(tmp_path) -> None:
     ctx.cached("thing", [other, "data-hash", 0], compute)  # other weights: another key
     ctx.cached("thing", [Tiny(), "data-hash", 1], compute)  # another seed
     assert len(calls) == 3 and len(list((tmp_path / "thing").glob("*.pt"))) == 3
+
+
+def test_one_shot_criteria_table_removes_units_and_matches_the_twins_macs(monkeypatch):
+    """The criteria table on a seeded resnet20: a dense row, one row per (criterion, depth) with
+    the units that criterion removed, MACs below dense, a filter-pruned twin for filter criteria
+    only (imprint scores units), and accuracies in [0, 100]."""
+    from harness.engine.baseline import Baseline
+    from methods.layer_prune import criteria_table as ct
+
+    def fake_baseline(name, data, recipe, *, seed):
+        torch.manual_seed(seed)
+        return Baseline(build_model(name, num_classes=data.num_classes).eval(), "k", "test", 0.0)
+
+    monkeypatch.setattr(ct, "get_baseline", fake_baseline)
+    rows = ct.table("resnet20", "digits", "quick", 0, ["1", "half"], 2, ["gate-taylor", "imprint"], eval_limit=64)
+    assert rows[0]["criterion"] == "(dense)" and rows[0]["macs_share"] == 1.0
+    assert [(r["criterion"], r["layers"]) for r in rows[1:]] == [
+        ("gate-taylor", 1), ("gate-taylor", 4), ("imprint", 1), ("imprint", 4)]
+    for r in rows[1:]:
+        assert r["macs_share"] < 1.0 and len(r["removed"].split()) == r["layers"]
+        assert 0.0 <= r["layer_top1"] <= 100.0
+    assert rows[1]["filter_top1"] is not None and rows[3]["filter_top1"] is None
+    md = ct.markdown(rows)
+    assert md.count("\n") == len(rows) + 1 and "| gate-taylor | 4 |" in md
