@@ -39,7 +39,9 @@ run() {
     fashion-resnet20-decompose)
       local common=(--data fashion-mnist --preset standard --models resnet20 --methods decompose --targets ort-cpu --scenarios SingleStream --out "$out")
       sweep "${common[@]}"
-      sweep "${common[@]}" --budgets decompose:ratio=0.5 ;;
+      sweep "${common[@]}" --budgets decompose:ratio=0.5
+      # the paper-era ResNet path: EVBMF ranks rounded up to multiples of 16, conv2 of each block only
+      sweep "${common[@]}" --budgets decompose:multiple=16 --budgets decompose:layers=conv2 ;;
     fashion-resnet20-deepshift)
       sweep --data fashion-mnist --preset standard --models resnet20 --methods deepshift --budgets deepshift:mode=q,ps \
         --budgets deepshift:weight_bits=5,4,3 --targets ort-cpu --scenarios SingleStream --out "$out"
