@@ -113,6 +113,21 @@ def test_collection_averages_over_iterations_and_leaves_model_unchanged() -> Non
         assert torch.equal(v, before[k])
 
 
+def test_collection_keeps_no_autograd_graph_alive() -> None:
+    """A hook that captured the tensor it was registered on leaked every iteration's graph
+    (24 GB over one Fashion-MNIST epoch of ResNet-56): after the collection no tensor that
+    belongs to a graph may be alive."""
+    import gc
+
+    x, y = _tiny_batch()
+    data = _bundle(torch.cat([x] * 4), torch.cat([y] * 4))
+    gc.collect()
+    crit.collect(Tiny(), data, crit.CollectSettings(batches=4, lr=0.1, batch_size=2), seed=0, log=lambda m: None)
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None]
+    assert alive == []
+
+
 def test_unit_importance_is_mean_of_filters_and_ensemble_sums_ranks() -> None:
     from harness.models import Unit
 

@@ -6,7 +6,8 @@ The paper's Table 2 compares the criteria *after* a 30-epoch fine-tune of each n
 fine-tune per (criterion, depth, pruning kind) is 20+ fine-tunes of ResNet-56, which a sweep can
 run (``--budgets layer-prune:criterion=...``) but these 2 cores cannot afford for every
 criterion. The one-shot table is what the criteria decide before training repairs anything, and
-costs one criterion collection plus one test-set pass per network:
+costs one criterion collection (none with ``--workdir`` pointing at a sweep's method workdir that
+already holds it) plus one test-set pass per network:
 
     python -m methods.layer_prune.criteria_table --model resnet56 --data fashion-mnist \\
         --preset standard --layers 1,2,half --collect-batches 300
@@ -95,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--collect-batches", type=int, help="training batches for the collection (default one epoch)")
     p.add_argument("--eval-limit", type=int)
     p.add_argument("--train-limit", type=int)
+    p.add_argument("--workdir", type=Path,
+                   help="a sweep's OUT/artifacts/methods: reuse the criteria it collected on the same baseline")
     p.add_argument("--out", type=Path, help="also write the Markdown table here")
     a = p.parse_args(argv)
     criteria = a.criteria.split(",")
@@ -102,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         p.error(f"unknown criteria {bad}; choose from {', '.join(crit.CHOICES)}")
     rows = table(a.model, a.data, a.preset, a.seed, a.layers.split(","), a.collect_batches, criteria,
-                 a.eval_limit, a.train_limit)
+                 a.eval_limit, a.train_limit, a.workdir)
     md = markdown(rows)
     print(md)
     if a.out:

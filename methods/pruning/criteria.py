@@ -89,7 +89,12 @@ class _Gates:
             if a.requires_grad:
                 # a is used only by the gate product below, so dL/da = g * dL/d(ga) = dL/d(ga),
                 # and a is never modified in place (an inplace ReLU acts on the product).
-                a.register_hook(lambda grad: self._store_fmap(conv, a.detach(), grad))
+                # The hook holds a detached view, never ``a`` itself: a hook on ``a`` that captures
+                # ``a`` is a cycle through autograd's C++ graph that Python's GC cannot see, so
+                # every iteration's whole graph leaked (24 GB RSS, OOM-killed, over one
+                # Fashion-MNIST epoch of ResNet-56 at batch 128).
+                seen = a.detach()
+                a.register_hook(lambda grad: self._store_fmap(conv, seen, grad))
             return a * self.gates[conv].view(1, -1, 1, 1)
         return hook
 
