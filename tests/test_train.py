@@ -32,7 +32,8 @@ def test_fit_is_seeded(digits):
 
 def test_a_run_without_a_terminal_prints_progress_lines(digits, capsys, monkeypatch):
     """tqdm draws only on a terminal; a log gets 'step s/N (p%), elapsed, about ... left' lines
-    (every 60 s; every step here), and none when progress is off."""
+    (every 60 s; every step here), also from runs whose bars are off (methods' fine-tunes);
+    a terminal gets none (tqdm draws there)."""
     from harness import train
 
     monkeypatch.setattr(train._LogProgress, "every_s", 0.0)
@@ -42,8 +43,11 @@ def test_a_run_without_a_terminal_prints_progress_lines(digits, capsys, monkeypa
     lines = [ln for ln in err.splitlines() if "baseline resnet20: step" in ln]
     assert [ln.split("step ")[1].split(" ")[0] for ln in lines] == ["1/3", "2/3", "3/3"]
     assert "(100%)" in lines[-1] and "elapsed, about 0:00 left" in lines[-1]
-    fit(_model(), digits, recipe, seed=0, desc="quiet", progress=False)
-    assert "quiet: step" not in capsys.readouterr().err
+    fit(_model(), digits, recipe, seed=0, desc="finetune", progress=False)
+    assert "finetune: step 3/3" in capsys.readouterr().err
+    monkeypatch.setattr(train.sys.stderr, "isatty", lambda: True, raising=False)
+    fit(_model(), digits, recipe, seed=0, desc="on a terminal", progress=False)
+    assert "on a terminal: step" not in capsys.readouterr().err
 
 
 def _same_weights(a, b) -> None:
