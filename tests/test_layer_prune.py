@@ -254,6 +254,23 @@ def test_filter_prune_hits_macs_target_and_vgg_coupling() -> None:
     assert out(torch.randn(1, 3, 32, 32)).shape == (1, 10) and out.classifier.in_features == 256
 
 
+def test_filter_prune_reaches_targets_below_where_macs_stop_falling() -> None:
+    """At ratio >= 0.94 Torch-Pruning leaves resnet20's 16-channel stage whole (a ratio that
+    would leave a layer no channel prunes nothing there), so MACs at 0.95 are above those at 0.9:
+    a target between the two must still be reached, and one below the fewest MACs is a clear
+    error naming them."""
+    model = build_model("resnet20").eval()
+    scores = crit.structural_scores(model, 0)["weight-norm"]
+    dense = count_cost(model, (3, 32, 32)).macs
+    at = {r: count_cost(prune_ratio(_copy(model), scores, r, (3, 32, 32)), (3, 32, 32)).macs for r in (0.9, 0.95)}
+    assert at[0.95] > at[0.9]  # the non-monotonic step this test is about
+    target = (at[0.9] + at[0.95]) / 2
+    pruned, ratio = prune_to_macs(_copy(model), scores, target, (3, 32, 32), iters=10)
+    assert count_cost(pruned, (3, 32, 32)).macs <= 1.1 * target and ratio < 0.94
+    with pytest.raises(UserError, match="the fewest it reaches"):
+        prune_to_macs(_copy(model), scores, 0.01 * dense, (3, 32, 32), iters=4)
+
+
 def test_importance_maps_scores_to_root_channels() -> None:
     import torch_pruning as tp
 

@@ -72,10 +72,15 @@ def prune_to_macs(model: nn.Module, scores: Mapping[str, torch.Tensor], target_m
             cache[r] = count_cost(prune_ratio(copy.deepcopy(model), scores, r, input_shape), input_shape).macs
         return cache[r]
 
-    lo, hi = 0.0, MAX_RATIO
+    # MACs fall with the ratio only up to a point: where a ratio would leave a layer no channel,
+    # Torch-Pruning leaves that layer whole (resnet56: 0.92 gives 8.9 M MACs, 0.94 gives 46.1 M,
+    # its 16-channel stage back at full width). So bisect below the ratio with the fewest MACs
+    # on a coarse grid, not below MAX_RATIO.
+    grid = [MAX_RATIO * i / 20 for i in range(1, 21)]
+    lo, hi = 0.0, min(grid, key=macs_at)
     if macs_at(hi) > target_macs:
         raise UserError(f"filter pruning cannot reach {target_macs:.3g} MACs "
-                        f"(ratio {MAX_RATIO} gives {macs_at(hi):.3g})")
+                        f"(the fewest it reaches is {macs_at(hi):.3g}, at ratio {hi:.3g})")
     best = min((lo, hi), key=lambda r: abs(macs_at(r) - target_macs))
     for _ in range(iters):
         mid = (lo + hi) / 2
