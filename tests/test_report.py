@@ -52,6 +52,13 @@ def test_results_md_names_every_command_and_revision_that_made_its_rows(tmp_path
     assert "- Made by: not recorded for 1 row(s)" in md
 
 
+def test_machine_line_comes_from_a_row_that_ran(tmp_path):
+    err = {**_row("x", None, None, None), "status": "error", "error": "boom", "cpu": None, "cpu_count": None,
+           "gpu": None}
+    md = publish(tmp_path, [err, _row("none", 2.0, 400, 98.0)])["md"].read_text()
+    assert "- Machine: cpu (2 CPUs), GPU: none" in md
+
+
 def test_results_md_opens_with_the_study_summary_and_keeps_it_when_republished(tmp_path):
     (tmp_path / "summary.md").write_text("# Study: X vs Y\n\nClaim: X is faster. Held here: no.\n")
     rows = [_row("none", 2.0, 400, 98.0), _row("x", 1.0, 100, 97.5)]

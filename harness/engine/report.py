@@ -101,7 +101,9 @@ def _unrecorded(df: pd.DataFrame) -> list[str]:
 
 
 def _markdown(df: pd.DataFrame) -> str:
-    first = df.iloc[0] if len(df) else None
+    # the machine facts come from a row that ran on it (an error row before any cell has none)
+    ran = df[df["cpu"].notna()] if "cpu" in df.columns else df
+    first = (ran if len(ran) else df).iloc[0] if len(df) else None
     lines = ["# Latency vs accuracy", ""]
     if first is not None:
         lines += [f"- Machine: {first['cpu']} ({_count(first['cpu_count'])} CPUs), GPU: {first['gpu']}; "
