@@ -39,7 +39,7 @@ run() {
         --budgets layer-prune:pair=filter --budgets filter-prune:macs=0.35
       sweep "${common[@]}" --methods layer-prune --budgets layer-prune:layers=half --budgets layer-prune:criterion=imprint
       # every criterion one shot (no fine-tune) on the same baseline, reusing the sweep's collection
-      "$PY" -m methods.layer_prune.criteria_table --model resnet56 --data fashion-mnist --preset standard \
+      "$PY" benchmarks/layer_prune_criteria.py --model resnet56 --data fashion-mnist --preset standard \
         --layers 1,2 --eval-limit 2000 --workdir "$out/artifacts/methods" --out "$out/criteria-one-shot.md" ;;
     fashion-resnet20-decompose)
       local common=(--data fashion-mnist --preset standard --models resnet20 --methods decompose --targets ort-cpu --scenarios SingleStream --out "$out")

@@ -539,7 +539,13 @@ def test_one_shot_criteria_table_removes_units_and_matches_the_twins_macs(monkey
     the units that criterion removed, MACs below dense, a filter-pruned twin for filter criteria
     only (imprint scores units), and accuracies in [0, 100]."""
     from harness.engine.baseline import Baseline
-    from methods.layer_prune import criteria_table as ct
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "layer_prune_criteria.py"
+    spec = importlib.util.spec_from_file_location("layer_prune_criteria", path)
+    ct = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ct)
 
     def fake_baseline(name, data, recipe, *, seed):
         torch.manual_seed(seed)

@@ -9,7 +9,7 @@ criterion. The one-shot table is what the criteria decide before training repair
 costs one criterion collection (none with ``--workdir`` pointing at a sweep's method workdir that
 already holds it) plus one test-set pass per network:
 
-    python -m methods.layer_prune.criteria_table --model resnet56 --data fashion-mnist \\
+    python benchmarks/layer_prune_criteria.py --model resnet56 --data fashion-mnist \\
         --preset standard --layers 1,2,half --collect-batches 300
 
 The baseline is the sweep's own (``harness.engine.baseline.get_baseline``: from the cache when
@@ -85,7 +85,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m methods.layer_prune.criteria_table",
+    p = argparse.ArgumentParser(prog="python benchmarks/layer_prune_criteria.py",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet56")
     p.add_argument("--data", default="digits")
