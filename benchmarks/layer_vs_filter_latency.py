@@ -17,6 +17,7 @@ round's median is reported with the ratio to dense. Run it alone (it times).
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -30,19 +31,17 @@ from harness.models import build_model, removable_units
 from methods.pruning import criteria as crit
 from methods.pruning.channels import prune_ratio
 from methods.pruning.units import removed_copy
+from targets.ort_cpu import _session_options
 
 STUDY_REMOVED = ("layer3.7 layer3.6 layer3.8 layer3.3 layer3.4 layer3.5 layer3.2 layer2.8 layer2.6 layer3.1 "
                  "layer2.5 layer2.7 layer2.2")
 
 
 def _session(path: Path, threads: int):
+    """The session ort-cpu builds (its own options: ORT_ENABLE_ALL, sequential, intra-op threads)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so = _session_options(ort, "ORT_ENABLE_ALL", threads)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -65,7 +64,7 @@ def main() -> None:
     nets = {"dense": dense, f"layer-pruned ({len(a.remove.split())} units)": removed_copy(dense, [units[n] for n in a.remove.split()])}
     scores = crit.structural_scores(dense, 0)["weight-norm"]
     for r in (float(v) for v in a.ratios.split(",")):
-        nets[f"filter-pruned ratio {r:g}"] = prune_ratio(removed_copy(dense, []), scores, r, shape)
+        nets[f"filter-pruned ratio {r:g}"] = prune_ratio(copy.deepcopy(dense), scores, r, shape)
     x = np.random.default_rng(0).standard_normal((1, *shape), dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         sessions, macs = {}, {}

@@ -273,11 +273,12 @@ class _LogProgress:
         self.last = now
         done, total = step - self.start, max(1, self.end - self.start)
         left = (now - self.t0) / done * (self.end - step)
-        print(f"    {self.desc}: step {step}/{self.end} ({100 * done / total:.0f}%), {_clock(now - self.t0)} "
-              f"elapsed, about {_clock(left)} left", file=sys.stderr, flush=True)
+        print(f"    {self.desc}: step {step}/{self.end} ({100 * done / total:.0f}%), {clock(now - self.t0)} "
+              f"elapsed, about {clock(left)} left", file=sys.stderr, flush=True)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """Seconds as m:ss (progress lines here and in the sweep's log)."""
     m, s = divmod(int(seconds), 60)
     return f"{m}:{s:02d}"
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}:{s:02d}"
+from harness.train import clock
 
 
 class Progress:
@@ -22,14 +19,14 @@ class Progress:
         self.cells = 0
 
     def phase(self, msg: str) -> None:
-        self.log(f"[{_clock(time.time() - self.t0)}] {msg}")
+        self.log(f"[{clock(time.time() - self.t0)}] {msg}")
 
     def cell(self, row: dict[str, Any]) -> None:
         self.cells += 1
         status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error', '')}"
         p50 = f" p50 {row['p50_ms']:.3f} ms" if row.get("p50_ms") is not None else ""
         acc = f" top1 {row['top1']:.2f}" if row.get("top1") is not None else ""
-        self.log(f"[{_clock(time.time() - self.t0)}] cell {self.cells}: {row['model']} {row['method']}"
+        self.log(f"[{clock(time.time() - self.t0)}] cell {self.cells}: {row['model']} {row['method']}"
                  f"[{row['budget']}] {row['variant']} {row['target']} {row['scenario']}:{acc}{p50} ({status})")
 
     @staticmethod
@@ -50,7 +47,7 @@ class Progress:
             else:
                 name = kind
             sums[name] = sums.get(name, 0.0) + seconds
-        lines = [f"time by phase (sweep wall time {_clock(wall_s)}):"]
+        lines = [f"time by phase (sweep wall time {clock(wall_s)}):"]
         for name, seconds in sorted(sums.items(), key=lambda kv: -kv[1]):
             share = f"{100 * seconds / wall_s:5.1f}%" if wall_s > 0 else ""
             lines.append(f"  {name:<34} {seconds:8.1f} s {share}")

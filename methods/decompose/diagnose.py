@@ -32,6 +32,7 @@ from harness.models import build_model
 from harness.train import PAPER_CIFAR_STEPS, fit, make_sgd
 from methods.decompose.ranks import TAU_BAR_COEF, energy_rank, evbmf
 from methods.decompose.schedule import DECOMPOSE_AT, TRAIN_SHAPE
+from methods.decompose.surgery import unfold
 from methods.recipes import preset_recipe
 
 
@@ -58,10 +59,6 @@ def init_variance(weight: np.ndarray) -> float:
     """Per-entry variance of the CIFAR models' conv init: 2 / (k_h k_w C_out) (Kaiming fan-out)."""
     c_out, _, kh, kw = weight.shape
     return 2.0 / (kh * kw * c_out)
-
-
-def unfold(weight: np.ndarray, mode: int) -> np.ndarray:
-    return np.moveaxis(weight, mode, 0).reshape(weight.shape[mode], -1)
 
 
 def diagnose_unfolding(matrix: np.ndarray, init_var: float) -> Unfolding:

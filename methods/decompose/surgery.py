@@ -85,7 +85,8 @@ def _chain_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, factors.CHAINS)]
 
 
-def _unfold(w: np.ndarray, mode: int) -> np.ndarray:
+def unfold(w: np.ndarray, mode: int) -> np.ndarray:
+    """Mode-``mode`` unfolding of a kernel: rows = that mode's channels."""
     return np.moveaxis(w, mode, 0).reshape(w.shape[mode], -1)
 
 
@@ -104,7 +105,7 @@ def plan_layer(name: str, module: nn.Module, policy: RankPolicy, decomp: str) ->
             return LayerPlan(name, "svd", tuple(w.shape), skipped="padded 1x1 conv"), None
         plan = LayerPlan(name, "svd", tuple(w.shape), [policy.rank(w.reshape(w.shape[0], -1))])
         return plan, (factors.SVDConv(module, plan.ranks[0]) if plan.ranks[0] > 0 else None)
-    r_out, r_in = policy.rank(_unfold(w, 0)), policy.rank(_unfold(w, 1))
+    r_out, r_in = policy.rank(unfold(w, 0)), policy.rank(unfold(w, 1))
     if decomp == "tucker":
         plan = LayerPlan(name, "tucker", tuple(w.shape), [r_out, r_in])
         return plan, (factors.TuckerConv(module, r_out, r_in) if min(r_out, r_in) > 0 else None)
