@@ -74,3 +74,30 @@ def test_a_cell_beside_a_busy_process_is_retimed_or_marked(tmp_path):
     assert row["timing_tries"] == 2  # re-timed after waiting for the machine to settle ...
     assert row["timing_ok"] is False and "other processes took" in row["timing_suspect"]  # ... then marked
     assert row["ref_p50_ms"] > 0 and row["speedup_interleaved"] > 0
+
+
+def test_busy_vs_quiet_verdicts():
+    """benchmarks/busy_vs_quiet.py: a clean busy ratio far from the quiet one is a violation;
+    a marked, re-measured or close one is not; a marked quiet row has nothing to compare with."""
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "busy_vs_quiet.py"
+    spec = importlib.util.spec_from_file_location("busy_vs_quiet", path)
+    bq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bq)
+
+    def frame(speedups, ok, tries):
+        keys = ["dense", "close", "far", "marked", "retried", "quiet-bad"]
+        return pd.DataFrame({"model": "m", "method": ["none"] + ["x"] * 5, "budget": keys, "variant": "default",
+                             "target": "ort-cpu", "scenario": "SingleStream", "status": "ok",
+                             "speedup": speedups, "timing_ok": ok, "timing_tries": tries,
+                             "other_cpu_share": 0.0, "timing_suspect": ""}, index=keys)
+
+    quiet = frame([1.0, 2.0, 2.0, 2.0, 2.0, 2.0], [True] * 5 + [False], [1] * 6)
+    busy = frame([1.0, 2.4, 3.0, np.nan, 2.1, 2.0], [True, True, True, False, True, True], [1, 1, 1, 3, 2, 1])
+    verdicts = bq.classify(quiet, busy, 0.3)["verdict"].to_dict()
+    assert verdicts == {"close": "within", "far": "VIOLATION", "marked": "marked", "retried": "re-measured",
+                        "quiet-bad": "quiet row marked"}

@@ -79,9 +79,11 @@ def test_sweep_end_to_end(tmp_path, cpu_targets):
 
 
 @pytest.mark.slow
-def test_resume_skips_finished_cells_and_never_duplicates(tmp_path, cpu_targets):
+def test_resume_skips_finished_cells_and_never_duplicates(tmp_path, cpu_targets, capfd):
     cfg = _config(tmp_path, cpu_targets[:1], scenarios=["SingleStream"])
     first = run_sweep(cfg)
+    cells = [line for line in capfd.readouterr().err.splitlines() if "] cell " in line]
+    assert cells[-1].endswith(f"| {len(first)}/{len(first)} cells done, about 0.0 min left"), cells
     again = run_sweep(cfg)
     assert [(r["key"], r["written"]) for r in again] == [(r["key"], r["written"]) for r in first]
     # a sweep killed before its last cell: the missing cell alone is measured on the next run
@@ -180,6 +182,31 @@ def test_methods_can_probe_latency_on_a_target(tmp_path, monkeypatch):
         rows = run_sweep(_config(tmp_path, ["ort-cpu"], methods=["test-probe"], scenarios=["SingleStream"]))
     probe = [r for r in rows if r["method"] == "test-probe"][0]
     assert probe["status"] == "ok" and probe["probe_p50_ms"] > 0
+
+
+def test_time_left_sums_the_past_timings_of_the_jobs_still_to_run(tmp_path):
+    """The estimate the dry run prints and every progress line ends with: per job still to run,
+    the store's mean seconds for its kind; a kind with no past timing makes it a floor."""
+    from harness.engine.plan import summarize_plan
+    from harness.engine.store import Store
+
+    cfg = _config(tmp_path, ["torch-eager"], artifacts=tmp_path / "art")  # no cached baseline
+    plan = plan_sweep(cfg)
+    store = Store(tmp_path / "s.sqlite")
+    try:
+        assert summarize_plan(plan, store, tmp_path / "art" / "baselines").time_left() == "time left not known yet"
+        store.add_phase("a", "compress", "none", 60.0)
+        for seconds in (20.0, 40.0):  # two past cells of this kind: their mean counts
+            store.add_phase("b", "cell", "torch-eager:SingleStream", seconds)
+            store.add_phase("c", "cell", "torch-eager:Offline", seconds)
+        floor = summarize_plan(plan, store, tmp_path / "art" / "baselines")
+        assert floor.partial and floor.estimate_s == 60 + 2 * 30  # the baseline has no past timing
+        assert floor.time_left() == "about at least 2.0 min left" and floor.total["measure"] == 2
+        store.add_phase("d", "baseline", "resnet20", 180.0)
+        full = summarize_plan(plan, store, tmp_path / "art" / "baselines")
+        assert not full.partial and full.estimate_s == 300 and full.time_left() == "about 5.0 min left"
+    finally:
+        store.close()
 
 
 def test_default_targets_leave_out_opt_in_ones(tmp_path):

@@ -237,6 +237,14 @@ class PlanSummary:
     lines: list[str]
     jobs: dict[str, int]  # kind -> jobs still to run
     estimate_s: float | None
+    partial: bool = False  # some kinds of jobs still to run have no past timing: estimate_s is a floor
+    total: dict[str, int] | None = None  # kind -> jobs planned
+
+    def time_left(self) -> str:
+        """The estimate as the progress lines print it."""
+        if self.estimate_s is None:
+            return "time left not known yet"
+        return f"about {'at least ' if self.partial else ''}{self.estimate_s / 60:.1f} min left"
 
 
 def summarize_plan(plan: Plan, store: Store, cache: Path) -> PlanSummary:
@@ -295,4 +303,4 @@ def summarize_plan(plan: Plan, store: Store, cache: Path) -> PlanSummary:
         est_s = estimate
         more = " (at least: some kinds of jobs have no past timing)" if unknown_time else ""
         lines.append(f"  time left: about {estimate / 60:.1f} min from the store's past timings{more}")
-    return PlanSummary(lines, todo, est_s)
+    return PlanSummary(lines, todo, est_s, partial=bool(unknown_time and est_s), total=total)

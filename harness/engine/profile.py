@@ -1,7 +1,9 @@
 """Progress a user can follow, and where the time went.
 
 ``Progress`` prints one line per phase and per finished cell (also when the output is not a
-terminal: tqdm bars only draw on one), each with the elapsed time. ``breakdown`` sums the phase
+terminal: tqdm bars only draw on one), each with the elapsed time and, when the sweep gives it a
+``status`` callable, what is left (cells done of planned, the time left estimated like the dry
+run's, from the store's past phase timings, this run's included). ``breakdown`` sums the phase
 timings a sweep recorded in its store into the table printed at the end of every sweep.
 """
 from __future__ import annotations
@@ -13,13 +15,21 @@ from harness.train import clock
 
 
 class Progress:
-    def __init__(self, log: Callable[[str], None]):
-        self.log = log
+    def __init__(self, log: Callable[[str], None], status: Callable[[], str] | None = None):
+        self.log, self.status = log, status
         self.t0 = time.time()
         self.cells = 0
 
+    def _tail(self) -> str:
+        if self.status is None:
+            return ""
+        try:
+            return f" | {self.status()}"
+        except Exception as e:  # an estimate must never stop a sweep
+            return f" | time left unknown ({type(e).__name__})"
+
     def phase(self, msg: str) -> None:
-        self.log(f"[{clock(time.time() - self.t0)}] {msg}")
+        self.log(f"[{clock(time.time() - self.t0)}] {msg}{self._tail()}")
 
     def cell(self, row: dict[str, Any]) -> None:
         self.cells += 1
@@ -27,7 +37,7 @@ class Progress:
         p50 = f" p50 {row['p50_ms']:.3f} ms" if row.get("p50_ms") is not None else ""
         acc = f" top1 {row['top1']:.2f}" if row.get("top1") is not None else ""
         self.log(f"[{clock(time.time() - self.t0)}] cell {self.cells}: {row['model']} {row['method']}"
-                 f"[{row['budget']}] {row['variant']} {row['target']} {row['scenario']}:{acc}{p50} ({status})")
+                 f"[{row['budget']}] {row['variant']} {row['target']} {row['scenario']}:{acc}{p50} ({status}){self._tail()}")
 
     @staticmethod
     def breakdown(phases: list[tuple[str, str, float]], wall_s: float) -> str:

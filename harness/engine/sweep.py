@@ -60,7 +60,7 @@ class Sweep:
         self.targets = {t.key: t for t in plan.targets}
         self.bases: dict[str, dict[str, Any]] = {}
         self.needs_onnx = any(t.needs == "onnx" for t in plan.targets)
-        self.progress = Progress(log)
+        self.progress = Progress(log, self._left)
         self.dense: dict[str, dict[str, Any] | None] = {}  # per model: the dense network's variant record
         self.waiting: dict[str, list[tuple[CompressJob, dict[str, Any]]]] = {}  # budgets waiting for it
         # measure jobs held to share a cell: (model, target, scenario) -> [(job, record, row)]
@@ -87,6 +87,15 @@ class Sweep:
             "command": cfg.command or "(Python API: harness.run_sweep)",
             "started": self.started, "versions": json.dumps(provenance.package_versions()),
         }
+
+    def _left(self) -> str:
+        """What the progress lines end with: cells done of planned, and the time left."""
+        from harness.engine.jobs import _baseline_folder
+        from harness.engine.plan import summarize_plan
+
+        s = summarize_plan(self.plan, self.store, _baseline_folder(self.cfg))
+        total = (s.total or {}).get("measure", 0)
+        return f"{total - s.jobs['measure']}/{total} cells done, {s.time_left()}"
 
     def _put(self, key: str, row: dict[str, Any]) -> None:
         row["written"] = provenance.now()
