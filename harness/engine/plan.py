@@ -244,7 +244,7 @@ class PlanSummary:
         """The estimate as the progress lines print it."""
         if self.estimate_s is None:
             return "time left not known yet"
-        return f"about {'at least ' if self.partial else ''}{self.estimate_s / 60:.1f} min left"
+        return f"{'at least' if self.partial else 'about'} {self.estimate_s / 60:.1f} min left"
 
 
 def summarize_plan(plan: Plan, store: Store, cache: Path) -> PlanSummary:
