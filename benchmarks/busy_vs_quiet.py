@@ -8,8 +8,8 @@
    exported networks stay, so the very same networks are measured again and nothing retrains),
    starts ``--busy`` processes that spin a CPU each, and runs the sweep again there: only the
    measure jobs run, beside the spinners.
-3. Compares every compressed network's ``speedup`` (dense rows are their own reference: 1.0) (from the dense reference timed interleaved in
-   its cell) between the two runs. A busy row is ``within`` (its ratio is within ``--tolerance``
+3. Compares every compressed network's ``speedup`` (against the dense reference timed
+   interleaved in its cell; dense rows, always 1.0, are left out) between the two runs. A busy row is ``within`` (its ratio is within ``--tolerance``
    of the quiet one), ``re-measured`` (within, after more than one timing try), ``marked``
    (``timing_ok=False``: no ratio published) or a **violation** (a clean ratio outside the
    tolerance: the harness published noise). Quiet rows that are themselves marked have nothing

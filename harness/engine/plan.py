@@ -238,7 +238,7 @@ class PlanSummary:
     jobs: dict[str, int]  # kind -> jobs still to run
     estimate_s: float | None
     partial: bool = False  # some kinds of jobs still to run have no past timing: estimate_s is a floor
-    total: dict[str, int] | None = None  # kind -> jobs planned
+    total: dict[str, int] = field(default_factory=dict)  # kind -> jobs planned
 
     def time_left(self) -> str:
         """The estimate as the progress lines print it."""

@@ -94,8 +94,7 @@ class Sweep:
         from harness.engine.plan import summarize_plan
 
         s = summarize_plan(self.plan, self.store, _baseline_folder(self.cfg))
-        total = (s.total or {}).get("measure", 0)
-        return f"{total - s.jobs['measure']}/{total} cells done, {s.time_left()}"
+        return f"{s.total['measure'] - s.jobs['measure']}/{s.total['measure']} cells done, {s.time_left()}"
 
     def _put(self, key: str, row: dict[str, Any]) -> None:
         row["written"] = provenance.now()
