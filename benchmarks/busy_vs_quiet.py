@@ -11,7 +11,8 @@
 3. Compares every compressed network's ``speedup`` (against the dense reference timed
    interleaved in its cell; dense rows, always 1.0, are left out) between the two runs. A busy row is ``within`` (its ratio is within ``--tolerance``
    of the quiet one), ``re-measured`` (within, after more than one timing try), ``marked``
-   (``timing_ok=False``: no ratio published) or a **violation** (a clean ratio outside the
+   (its speed-up withheld: ``ratio_ok=False``, or ``timing_ok=False`` where it had no interleaved
+   reference) or a **violation** (a clean ratio outside the
    tolerance: the harness published noise). Quiet rows that are themselves marked have nothing
    to compare with and are counted apart. Exits 1 if there is any violation.
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.engine.report import derive, timing_trusted
+from harness.engine.report import derive, ratio_trusted
 from harness.engine.store import Store
 
 SPIN = "import time\nwhile True:\n    sum(range(10_000))\n"
@@ -69,8 +70,8 @@ def classify(quiet: pd.DataFrame, busy: pd.DataFrame, tolerance: float) -> pd.Da
     verdict[pd.to_numeric(out["busy_tries"], errors="coerce") > 1] = "re-measured"
     verdict[out["rel_diff"] > tolerance] = "VIOLATION"
     verdict[out["busy_speedup"].isna() | out["quiet_speedup"].isna()] = "no ratio"
-    verdict[~timing_trusted(b)] = "marked"
-    verdict[~timing_trusted(q)] = "quiet row marked"
+    verdict[~ratio_trusted(b)] = "marked"
+    verdict[~ratio_trusted(q)] = "quiet row marked"
     out["verdict"] = verdict
     return out.sort_values(["target", "scenario", "method", "budget", "variant"])
 

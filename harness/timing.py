@@ -105,14 +105,11 @@ class Samples:
     pool_index: list[int]
     wall_s: float
     capped: bool
-    block_index: list[int] = field(default_factory=list)  # interleaved loops: which block each sample is in
+    block_index: list[int] = field(default_factory=list)  # interleaved loops: the sequence number of each sample's block
 
     def block_medians_ms(self) -> list[float]:
-        """The p50 of each block (interleaved loops), in ms, in block order."""
-        blocks: dict[int, list[float]] = {}
-        for b, v in zip(self.block_index, self.latencies_s):
-            blocks.setdefault(b, []).append(v)
-        return [nearest_rank(sorted(v), 0.5) * 1e3 for _, v in sorted(blocks.items())]
+        """The p50 of each block (interleaved loops), in ms, in the order the blocks ran."""
+        return [v * 1e3 for _, v in sorted(_blocks_by_seq(self).items())]
 
 
 def _run_until(fn: Callable[[int], float], min_s: float, min_n: int, max_s: float, max_n: int,
@@ -199,16 +196,38 @@ def measure(timer: Callable[[Any], float], pool: Sequence[Any], rules: TimingRul
     return samples
 
 
+# A block's median is paired with the reference's (``paired_ratios``): below 5 queries a block's
+# median is its slowest query or close to it (the first query after a switch of session runs on
+# cold caches; measured with 2-query blocks: a dense network against itself read 0.14x).
+MIN_BLOCK_N = 5
+
+
+def round_order(sessions: int, reference_every: int | None) -> list[int]:
+    """The sessions' blocks in one round: 0, 1, ..., n-1; or, with a reference (session 0) every
+    ``reference_every`` networks, 0, 1..m, 0, m+1..2m, 0, ... so that no network's block is more
+    than ``reference_every`` blocks away from a reference block."""
+    if reference_every is None or sessions <= 1:
+        return list(range(sessions))
+    order: list[int] = []
+    for start in range(1, sessions, reference_every):
+        order += [0, *range(start, min(sessions, start + reference_every))]
+    return order
+
+
 def measure_interleaved(timers: Sequence[Callable[[Any], float]], pool: Sequence[Any], rules: TimingRules, *,
-                        blocks: int = 5, clock: Callable[[], float] = time.perf_counter) -> list[Samples]:
+                        blocks: int = 5, reference_every: int | None = None,
+                        clock: Callable[[], float] = time.perf_counter) -> list[Samples]:
     """Time several sessions in alternating blocks (A B C A B C ...) so that each sees the same
     machine: a ratio of their p50s compares measurements taken side by side, not minutes apart.
 
     Every session is warmed up first (the rules' warm-up, each). Then rounds: in each round every
-    session runs one block of at least ``min_s / blocks`` seconds and ``min_n / blocks`` queries.
+    session runs one block of at least ``min_s / blocks`` seconds and ``min_n / blocks`` queries
+    (and ``MIN_BLOCK_N``) (``round_order``: with ``reference_every`` set, session 0 is a reference that also runs a
+    block after every ``reference_every`` others, and one closing block after the last round, so
+    every other block has a reference block on each side; see ``paired_ratios``).
     Rounds go on until every session has met both minimums (so at least ``blocks`` rounds), or
     until a session reaches the cap; a session's ``capped`` says whether it met its minimums.
-    Each session's samples carry their block numbers (``Samples.block_medians_ms``).
+    Each sample carries the sequence number of its block in the whole run (``block_index``).
     """
     if not pool:
         raise ValueError("empty input pool")
@@ -216,29 +235,91 @@ def measure_interleaved(timers: Sequence[Callable[[Any], float]], pool: Sequence
     for timer in timers:
         _run_until(lambda i, t=timer: t(pool[i % k]), rules.warmup_min_s, rules.warmup_min_n,
                    max(rules.max_s, rules.warmup_min_s), rules.max_n, clock)
-    block_s, block_n = rules.min_s / blocks, math.ceil(rules.min_n / blocks)
+    block_s, block_n = rules.min_s / blocks, max(MIN_BLOCK_N, math.ceil(rules.min_n / blocks))
     out = [Samples([], [], 0.0, False) for _ in timers]
     cursor = [0] * len(timers)  # each session rotates through the pool on its own
-    block = 0
+    seq = 0  # the block's number in the whole run
+
+    def run_block(j: int) -> None:
+        nonlocal seq
+        samples, t0, n = out[j], clock(), 0
+        while (clock() - t0 < block_s or n < block_n) and samples.wall_s + (clock() - t0) < rules.max_s:
+            i = cursor[j]
+            samples.latencies_s.append(timers[j](pool[i % k]))
+            samples.pool_index.append(i % k)
+            samples.block_index.append(seq)
+            cursor[j] += 1
+            n += 1
+        samples.wall_s += clock() - t0
+        seq += 1
+
+    order = round_order(len(timers), reference_every)
+    rounds = 0
     while True:
         done = all(s.wall_s >= rules.min_s and len(s.latencies_s) >= rules.min_n for s in out)
         cap = any(s.wall_s >= rules.max_s or len(s.latencies_s) >= rules.max_n for s in out)
-        if (done and block >= blocks) or cap:
+        if (done and rounds >= blocks) or cap:
             break
-        for timer, samples, j in zip(timers, out, range(len(timers))):
-            t0, n = clock(), 0
-            while (clock() - t0 < block_s or n < block_n) and samples.wall_s + (clock() - t0) < rules.max_s:
-                i = cursor[j]
-                samples.latencies_s.append(timer(pool[i % k]))
-                samples.pool_index.append(i % k)
-                samples.block_index.append(block)
-                cursor[j] += 1
-                n += 1
-            samples.wall_s += clock() - t0
-        block += 1
+        for j in order:
+            run_block(j)
+        rounds += 1
+    if reference_every is not None and len(timers) > 1 and out[0].wall_s < rules.max_s:
+        run_block(0)  # the closing reference block: the last round's networks have one after them
     for s in out:
         s.capped = len(s.latencies_s) < rules.min_n or s.wall_s < rules.min_s
     return out
+
+
+def _blocks_by_seq(samples: Samples) -> dict[int, float]:
+    blocks: dict[int, list[float]] = {}
+    for b, v in zip(samples.block_index, samples.latencies_s):
+        blocks.setdefault(b, []).append(v)
+    return {b: nearest_rank(sorted(v), 0.5) for b, v in blocks.items()}
+
+
+def paired_ratios(reference: Samples, samples: Samples) -> list[float]:
+    """reference p50 / p50, one per block of ``samples``: each block against the geometric mean
+    of the nearest reference block before it and the nearest after it (the one before alone
+    when none follows), from one ``measure_interleaved`` run.
+
+    Why pairs: on a shared machine the speed of the whole machine moves by itself (measured on
+    the project's 2 vCPUs: block medians of ONE session flip between two levels 1.45x apart,
+    every few seconds to a minute; ``benchmarks/machine_drift.py``). A ratio of two p50s pooled
+    over a cell mixes those levels in different proportions for the two networks; a ratio of
+    blocks a few seconds apart sees one level, and their median ignores the pairs a flip split
+    (``benchmarks/paired_ratio.py`` measures both estimators on identical networks).
+    """
+    ref = _blocks_by_seq(reference)
+    if not ref:
+        return []
+    ref_seqs = sorted(ref)
+    out = []
+    for seq, p50 in sorted(_blocks_by_seq(samples).items()):
+        before = [r for r in ref_seqs if r < seq]
+        after = [r for r in ref_seqs if r > seq]
+        if not before and not after:
+            continue
+        if before and after:
+            level = math.sqrt(ref[before[-1]] * ref[after[0]])
+        else:
+            level = ref[before[-1]] if before else ref[after[0]]
+        if p50 > 0:
+            out.append(level / p50)
+    return out
+
+
+def ratio_summary(ratios: Sequence[float]) -> dict[str, float | int | None]:
+    """The median of paired ratios and its relative standard error, estimated from their
+    interquartile range (nearest rank): 1.2533 x (IQR / 1.349) / sqrt(n) / median, the normal
+    approximation of a median's standard error with sigma from the IQR, so that one pair split by
+    a change of machine speed does not inflate it."""
+    if not ratios:
+        return {"ratio": None, "ratio_se": None, "ratio_pairs": 0}
+    values = sorted(ratios)
+    mid = float(np.median(values))
+    iqr = nearest_rank(values, 0.75) - nearest_rank(values, 0.25)
+    se = 1.2533 * (iqr / 1.349) / math.sqrt(len(values)) / mid if mid > 0 else None
+    return {"ratio": mid, "ratio_se": se, "ratio_pairs": len(values)}
 
 
 def per_input_spread(samples: Samples) -> dict[str, float | None]:

@@ -144,8 +144,11 @@ class MethodContext:
         from ``finetune_recipe``).
     structure_only: True for ``harness inspect``: produce the compressed architecture without
         any training (costs and sizes only).
-    measure_latency: callable(model, target_key) -> p50 ms on that target, for methods with a
-        latency budget; None when unavailable.
+    measure_latency: callable(model, target_key) -> the model's p50 on that target as a fraction
+        of the dense baseline's (batch 1), both timed interleaved in one cell: the median of
+        paired block ratios (``harness.timing.paired_ratios``), which a change of the machine's
+        own speed during or between probes does not move. For methods with a latency budget;
+        None when unavailable.
     family: the model family (``harness.models.FAMILIES``); derived from the model registry
         when not given (None for a model the registry does not know, e.g. a test's own net).
     """

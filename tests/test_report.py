@@ -86,3 +86,16 @@ def test_method_details_table_shows_the_declared_columns(tmp_path, monkeypatch):
     details = md.split("## resnet20: detailed details")[1]
     assert "chosen_rank" in details and "absent_column" not in details
     assert details.count(" 7 |") == 1  # one line per network, not per target
+
+
+def test_speedup_is_withheld_by_its_own_verdict_where_the_row_has_a_paired_ratio():
+    rows = [_row("none", 2.0, 400, 98.0),
+            # latency suspect (the machine drifted) but the paired ratios agree: the ratio stands
+            _row("x", 1.0, 100, 97.0, budget_tag="drifted", timing_ok=False, ratio_ok=True, speedup_interleaved=1.9),
+            # paired ratios disagree: withheld, whatever the latency verdict
+            _row("x", 1.0, 100, 97.0, budget_tag="split", timing_ok=True, ratio_ok=False, speedup_interleaved=1.9),
+            # no interleaved reference (older rows): the latency verdict decides
+            _row("x", 1.0, 100, 97.0, budget_tag="old", timing_ok=False)]
+    df = derive(rows).set_index("budget_tag")
+    assert df.loc["drifted", "speedup"] == pytest.approx(1.9)
+    assert np.isnan(df.loc["split", "speedup"]) and np.isnan(df.loc["old", "speedup"])

@@ -1,10 +1,12 @@
 """One measurement cell, run in its own process: compile on a target, measure accuracy and
 parity from the target's own outputs, time it with the harness's timing engine.
 
-A cell measures the deployables of one compressed network (its variants) on one target and
-scenario, timed interleaved with the model's dense reference in the same process, so their
-speed-ups compare numbers taken side by side; a suspect timing (other processes busy, a long
-tail, drift, the cap) is re-timed after the machine settles, and marked if it stays suspect.
+A cell measures the deployables of compressed networks on one target and scenario, timed
+interleaved with the model's dense reference in the same process; each speed-up is the median of
+per-block ratios against the reference blocks around each block (measurement.md: "report the
+ratio per pair"), so a change of the machine's own speed cancels; a suspect latency or speed-up
+(other processes busy, a long tail, drift, pairs that disagree, the cap) is re-timed after the
+machine settles, and marked if it stays suspect.
 
 Usage (by the sweep, not by hand): ``python -m harness.engine.cell SPEC.json RESULT.json``.
 Running each cell in a fresh process means a crash in a native runtime (a compiler segfault, an
@@ -134,18 +136,34 @@ def _drift(block_medians: list[float]) -> float | None:
     return (max(block_medians) - min(block_medians)) / mid if mid > 0 else None
 
 
+# The dense reference runs a block before every REFERENCE_EVERY networks in a round (R A B C R D
+# E F ... R), so that each network's block is paired with reference blocks a few seconds away:
+# costs the reference 1/REFERENCE_EVERY more blocks than once per round (benchmarks/paired_ratio.py).
+REFERENCE_EVERY = 3
+
+
 def _time_all(sessions: list[Any], queries: list[np.ndarray], spec: CellSpec, has_ref: bool) -> list[dict[str, Any]]:
-    """Time every session interleaved; re-time (after the machine settles) while any is suspect,
-    up to ``noise.tries`` times; each session's fields from the best try (fewest suspects)."""
-    from harness.engine.noise import MachineLoad, NoiseRules, suspect_reasons, wait_for_quiet
-    from harness.timing import TimingRules, measure_interleaved, per_input_spread, summarize
+    """Time every session interleaved; re-time (after the machine settles) while any latency or
+    speed-up is suspect, up to ``noise.tries`` times; each session's fields from the best try.
+
+    Two verdicts per row: ``timing_ok`` for its own latency (cap, other processes, tail, drift of
+    its block medians) and ``ratio_ok`` for its speed-up, the median of its paired ratios against
+    the reference blocks around each of its blocks (cap, other processes, its standard error)."""
+    from harness.engine.noise import MachineLoad, NoiseRules, ratio_reasons, suspect_reasons, wait_for_quiet
+    from harness.timing import (TimingRules, measure_interleaved, paired_ratios, per_input_spread,
+                                ratio_summary, summarize)
 
     rules, noise = TimingRules(**spec.rules), NoiseRules(**spec.noise)
     best: list[dict[str, Any]] | None = None
     waited = 0.0
+
+    def suspects(fields: list[dict[str, Any]]) -> int:
+        return sum((not r["timing_ok"]) + (r["ratio_ok"] is False) for r in fields)
+
     for attempt in range(1, max(1, noise.tries) + 1):
         load = MachineLoad().start()
-        all_samples = measure_interleaved([s.timer() for s in sessions], queries, rules)
+        all_samples = measure_interleaved([s.timer() for s in sessions], queries, rules,
+                                          reference_every=REFERENCE_EVERY if has_ref else None)
         machine = load.stop()
         ref = all_samples[0] if has_ref else None
         ref_p50 = summarize(ref.latencies_s, batch=spec.batch, wall_s=ref.wall_s).p50_ms if ref else None
@@ -160,16 +178,23 @@ def _time_all(sessions: list[Any], queries: list[np.ndarray], spec: CellSpec, ha
                 row.update(per_input_spread(samples))
             tail, drift = _tail_ratio(samples), _drift(samples.block_medians_ms())
             reasons = suspect_reasons(noise, capped=samples.capped, tail_ratio=tail, drift=drift,
-                                      other_cpu=machine["other_cpu_share"], ref_drift=ref_drift)
+                                      other_cpu=machine["other_cpu_share"])
             row.update({"tail_ratio": tail, "block_drift": drift, "cv": stats.std_ms / stats.mean_ms if stats.mean_ms else None,
                         "ref_p50_ms": ref_p50, "ref_drift": ref_drift,
-                        "speedup_interleaved": ref_p50 / stats.p50_ms if ref_p50 and stats.p50_ms else None,
                         "timing_ok": not reasons, "timing_suspect": "; ".join(reasons),
+                        "speedup_interleaved": None, "ratio_se": None, "ratio_pairs": None,
+                        "ratio_ok": None, "ratio_suspect": "",
                         "timing_tries": attempt, "settle_wait_s": waited, **machine})
+            if ref is not None:
+                paired = ratio_summary(paired_ratios(ref, samples))
+                why = ratio_reasons(noise, capped=samples.capped or ref.capped, other_cpu=machine["other_cpu_share"],
+                                    se=paired["ratio_se"], pairs=paired["ratio_pairs"])
+                row.update({"speedup_interleaved": paired["ratio"], "ratio_se": paired["ratio_se"],
+                            "ratio_pairs": paired["ratio_pairs"], "ratio_ok": not why, "ratio_suspect": "; ".join(why)})
             fields.append(row)
-        if best is None or sum(not r["timing_ok"] for r in fields) <= sum(not r["timing_ok"] for r in best):
+        if best is None or suspects(fields) <= suspects(best):
             best = fields
-        if all(r["timing_ok"] for r in best) or attempt == noise.tries:
+        if not suspects(best) or attempt == noise.tries:
             break
         waited += wait_for_quiet(noise)
     return best or []

@@ -114,13 +114,16 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def summary_line(rows: list[dict[str, Any]]) -> str:
-    """``N rows: a ok, b skipped, c errors, d timeouts, e noisy timings re-measured, f still noisy``."""
+    """``N rows: a ok, b skipped, c errors, d timeouts, e noisy timings re-measured, f still noisy,
+    g speed-ups withheld`` (noisy: the row's own latency; withheld: its paired ratio)."""
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "skipped", "error", "timeout")}
     ok = [r for r in rows if r.get("status") == "ok"]
     retimed = sum((r.get("timing_tries") or 1) > 1 for r in ok)
     noisy = sum(r.get("timing_ok") is False for r in ok)
+    withheld = sum(r.get("ratio_ok") is False for r in ok)
     return (f"{len(rows)} rows: {counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} errors, "
-            f"{counts['timeout']} timeouts, {retimed} noisy timings re-measured, {noisy} still noisy")
+            f"{counts['timeout']} timeouts, {retimed} noisy timings re-measured, {noisy} still noisy, "
+            f"{withheld} speed-ups withheld")
 
 
 def _resume_hint(argv: Sequence[str] | None) -> str:

@@ -105,7 +105,7 @@ def run_compress(config: SweepConfig, job: CompressJob, base: dict[str, Any], ne
     model = _baseline_model(job.model, base, data.num_classes)
     ctx = MethodContext(model_name=job.model, model=model, data=data, recipe=config.baseline_recipe,
                         seed=config.seed, workdir=config.artifact_dir / "methods", preset=config.preset,
-                        measure_latency=_latency_probe(config, job, base), log=log)
+                        measure_latency=_latency_probe(config, job, base, data.num_classes), log=log)
     t0 = time.perf_counter()
     try:
         torch.manual_seed(config.seed)
@@ -179,17 +179,24 @@ def _save_artifact(model: nn.Module, folder: Path, tag: str, input_shape: tuple[
     return Artifact(name=tag, input_shape=input_shape, onnx_path=onnx_path, torch_path=torch_path)
 
 
-def _latency_probe(config: SweepConfig, job: CompressJob, base: dict[str, Any]) -> Callable[[nn.Module, str], float]:
-    """A callable(model, target_key) -> p50 ms at batch 1, for methods with a latency budget.
+def _latency_probe(config: SweepConfig, job: CompressJob, base: dict[str, Any],
+                   classes: int) -> Callable[[nn.Module, str], float]:
+    """A callable(model, target_key) -> the model's p50 as a fraction of the dense baseline's, at
+    batch 1, for methods with a latency budget.
 
-    Probes time with the quick preset's rules (or the sweep's own, when they are shorter, as in
-    tests): a method may probe dozens of candidate networks before its result is measured in full
-    like every other row. On a Ray cluster a probe runs inside its compress job, on a node that
-    may be shared with other compress jobs: its numbers are then only as good as that node is quiet.
+    Each probe is one cell: the candidate timed interleaved with the dense baseline (saved once
+    per probe folder), its fraction = 1 / the median paired ratio, the same estimator as the
+    row's speed-up, so probe and row agree however the machine's speed moves between them.
+    Probes time with the quick preset's rules, whatever the sweep's (shorter rules, as in tests,
+    make blocks of a few queries whose paired ratios are noise: a dense network against itself
+    read 1.7x with 5-query blocks), and are re-timed once when suspect: a method may probe dozens
+    of candidate networks before its result is measured in full like every other row. On a Ray cluster a probe runs
+    inside its compress job, on a node that may be shared with other compress jobs: its numbers
+    are then only as good as that node is quiet.
     """
-    rules = config.timing_rules
-    if rules.min_s > PRESETS["quick"].min_s:
-        rules = PRESETS["quick"]
+    rules = PRESETS["quick"]
+    work = config.artifact_dir / "probe"
+    dense: dict[bool, dict[str, Any]] = {}  # ONNX or not -> the saved dense baseline
 
     def probe(model: nn.Module, target_key: str) -> float:
         target = get_target(target_key)
@@ -197,19 +204,26 @@ def _latency_probe(config: SweepConfig, job: CompressJob, base: dict[str, Any]) 
         avail = target.availability(options)
         if not avail.ok:
             raise UserError(f"target {target_key} is not available: {avail.reason}")
+        shape = tuple(np.load(base["pool"], mmap_mode="r").shape[1:])
+        onnx = target.needs == "onnx"
+        if onnx not in dense:
+            reference = _baseline_model(job.model, base, classes)
+            dense[onnx] = _artifact_json(_save_artifact(reference, work, f"dense-{job.key[:10]}-{int(onnx)}",
+                                                        shape, onnx=onnx))
         tag = f"probe-{int(time.time() * 1e6)}"
-        work = config.artifact_dir / "probe"
-        art = _save_artifact(model, work, tag, tuple(np.load(base["pool"], mmap_mode="r").shape[1:]),
-                             onnx=target.needs == "onnx")
+        art = _save_artifact(model, work, tag, shape, onnx=onnx)
         spec = CellSpec(target=target_key, scenario="SingleStream", batch=1, threads=config.threads,
                         rules=asdict(rules), pool_path=base["pool"], items=[{"key": tag, "artifact": _artifact_json(art)}],
-                        options=config.target_options.get(target_key, {}), target_entry=_entry_string(target_key),
-                        noise={"tries": 1})
+                        reference=dense[onnx], options=config.target_options.get(target_key, {}),
+                        target_entry=_entry_string(target_key), noise={"tries": 2, "settle_s": 2.0})
         result = run_isolated(spec, work / tag, config.timeout_s)
         item = result.get("items", [{}])[0] if result.get("status") == "ok" else result
         if item.get("status") != "ok":
             raise RuntimeError(f"latency probe on {target_key} failed: {item.get('error')}")
-        return float(item["p50_ms"])
+        if not item.get("speedup_interleaved"):
+            raise RuntimeError(f"latency probe on {target_key}: no paired ratio with the dense baseline "
+                               f"({item.get('ref_error') or item.get('ratio_suspect') or 'no reference'})")
+        return 1.0 / float(item["speedup_interleaved"])
     return probe
 
 

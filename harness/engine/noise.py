@@ -24,8 +24,11 @@ class NoiseRules:
     max_other_cpu: CPU time other processes took during timing, as a share of the machine's
         capacity (cores x wall time); 0.10 = a tenth of the machine.
     max_tail_ratio: p90 / p50 of the samples (a bimodal or preempted loop has a long tail).
-    max_drift: how far the interleaved dense reference (or the row's own block medians) moved
-        during the cell: (max - min) / median of the per-block p50s.
+    max_drift: how far the row's own block medians moved during the cell: (max - min) / median
+        of the per-block p50s (the absolute latency is a mixture of machine states beyond it).
+    max_ratio_se: the relative standard error of the row's speed-up (the median of its paired
+        ratios against the dense reference, ``harness.timing.ratio_summary``); beyond it the
+        speed-up is not published.
     tries: timings of a suspect cell before it is marked (1 = never re-time).
     settle_s: how long to wait, at most, for the machine to go quiet before a re-time.
     """
@@ -33,6 +36,7 @@ class NoiseRules:
     max_other_cpu: float = 0.10
     max_tail_ratio: float = 1.5
     max_drift: float = 0.10
+    max_ratio_se: float = 0.10
     tries: int = 3
     settle_s: float = 10.0
 
@@ -43,7 +47,7 @@ class NoiseRules:
 # blocks): on the project's shared 2-vCPU machine, with nothing else running, the block medians of
 # one ORT session spread 4-25% (median of runs ~10%), so quick accepts up to 30% drift, the
 # precision its numbers are stated with; standard (2 s blocks) keeps 10%. Rows past it are marked.
-PRESET_NOISE: dict[str, dict[str, Any]] = {"quick": {"tries": 1, "max_drift": 0.30}}
+PRESET_NOISE: dict[str, dict[str, Any]] = {"quick": {"tries": 1, "max_drift": 0.30, "max_ratio_se": 0.30}}
 
 
 def preset_noise(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -112,8 +116,8 @@ def wait_for_quiet(rules: NoiseRules, window_s: float = 1.0) -> float:
 
 
 def suspect_reasons(rules: NoiseRules, *, capped: bool, tail_ratio: float | None, drift: float | None,
-                    other_cpu: float | None, ref_drift: float | None = None) -> list[str]:
-    """Why a timing is suspect (empty: it is not), each reason with its threshold."""
+                    other_cpu: float | None) -> list[str]:
+    """Why a row's own latency is suspect (empty: it is not), each reason with its threshold."""
     reasons = []
     if capped:
         reasons.append("stopped by the cap before the minimums")
@@ -123,8 +127,26 @@ def suspect_reasons(rules: NoiseRules, *, capped: bool, tail_ratio: float | None
         reasons.append(f"p90/p50 {tail_ratio:.2f} > {rules.max_tail_ratio}")
     if drift is not None and drift > rules.max_drift:
         reasons.append(f"block medians drifted {100 * drift:.0f}% (> {100 * rules.max_drift:.0f}%)")
-    if ref_drift is not None and ref_drift > rules.max_drift:
-        reasons.append(f"the dense reference drifted {100 * ref_drift:.0f}% (> {100 * rules.max_drift:.0f}%)")
+    return reasons
+
+
+def ratio_reasons(rules: NoiseRules, *, capped: bool, other_cpu: float | None, se: float | None,
+                  pairs: int) -> list[str]:
+    """Why a row's speed-up against its interleaved dense reference is suspect (empty: it is not).
+
+    Drift of the machine's speed does not count here: it moves the reference and the network
+    together, and the paired ratios cancel it (``harness.timing.paired_ratios``); what counts is
+    whether the pairs agree (the median's standard error), the cap (either side), and other
+    processes (they take the CPUs unevenly, block by block)."""
+    reasons = []
+    if capped:
+        reasons.append("the row or its reference stopped by the cap before the minimums")
+    if other_cpu is not None and other_cpu > rules.max_other_cpu:
+        reasons.append(f"other processes took {100 * other_cpu:.0f}% of the CPUs (> {100 * rules.max_other_cpu:.0f}%)")
+    if pairs < 3:
+        reasons.append(f"{pairs} block pairs with the reference (< 3)")
+    elif se is not None and se > rules.max_ratio_se:
+        reasons.append(f"speed-up standard error {100 * se:.0f}% (> {100 * rules.max_ratio_se:.0f}%)")
     return reasons
 
 

@@ -19,7 +19,22 @@ from harness.timing import PERCENTILE_RULE, SAMPLE_FLOORS  # noqa: E402
 def timing_trusted(df: pd.DataFrame) -> pd.Series:
     """Rows whose timing is not suspect (``timing_ok`` is not False; rows from before the column
     count as trusted)."""
-    return df["timing_ok"].map(lambda v: v is not False and v != 0 and v != "False")
+    return ~df["timing_ok"].map(_false)
+
+
+def _false(v: Any) -> bool:
+    return v is False or v == 0 or v == "False"
+
+
+def ratio_trusted(df: pd.DataFrame) -> pd.Series:
+    """Rows whose speed-up may be published: ``ratio_ok`` where the row was timed against an
+    interleaved reference (its paired ratios agree), else ``timing_ok`` (rows without one, and
+    rows from before the column)."""
+    own = timing_trusted(df)
+    if "ratio_ok" not in df.columns:
+        return own
+    has = df["ratio_ok"].map(lambda v: v is not None and not (isinstance(v, float) and np.isnan(v)) and v != "")
+    return own.where(~has, ~df["ratio_ok"].map(_false))
 
 
 def derive(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -27,7 +42,7 @@ def derive(rows: list[dict[str, Any]]) -> pd.DataFrame:
     scenario: speedup = dense p50 / p50, from the dense reference timed interleaved in the same
     cell when there was one (``speedup_interleaved``), else from the dense row; macs_ratio = dense
     MACs / MACs; realised_share = speedup / macs_ratio; top1_drop = dense top1 - top1. A row whose
-    timing is suspect (``timing_ok`` False) gets no speedup or realised_share."""
+    speed-up is suspect (``ratio_trusted``) gets no speedup or realised_share."""
     df = pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in df.columns:
@@ -42,13 +57,29 @@ def derive(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df["speedup"] = interleaved.where(interleaved.notna(), num("_d_p50") / num("p50_ms"))
     df.loc[df["method"] == "none", "speedup"] = df.loc[df["method"] == "none", "speedup"].where(
         df["p50_ms"].isna(), 1.0)  # the dense row is its own reference
-    df.loc[~timing_trusted(df), "speedup"] = np.nan
+    df.loc[~ratio_trusted(df), "speedup"] = np.nan
     df["macs_ratio"] = num("_d_macs") / num("macs")
     df["realised_share"] = df["speedup"] / df["macs_ratio"]
     df["top1_drop"] = num("_d_top1") - num("top1")
+    _latency_budget_miss(df, num)
     extra = sorted(c for c in df.columns if c not in COLUMNS and not c.startswith("_d_"))
     df = df[COLUMNS[:-1] + extra + ["key"]]
     return df.sort_values(["model", "scenario", "target", "method", "budget", "variant"], kind="stable")
+
+
+def _latency_budget_miss(df: pd.DataFrame, num: Any) -> None:
+    """Rows of a latency budget (``latency_budget`` = F on ``latency_budget_target``), on that
+    target: ``latency_target_ms`` = F x the dense p50 (the reference interleaved in the row's
+    cell, else the dense row) and ``latency_miss`` = (1 / speedup) / F - 1, the relative miss of
+    the row's p50 against that target, from the same paired ratio as ``speedup`` (empty when the
+    speed-up is withheld)."""
+    if "latency_budget" not in df.columns:
+        return
+    budget = num("latency_budget")
+    on_target = budget.notna() & (df["target"] == df.get("latency_budget_target"))
+    dense_ms = num("ref_p50_ms").where(num("speedup_interleaved").notna(), num("_d_p50"))
+    df["latency_target_ms"] = (budget * dense_ms).where(on_target)
+    df["latency_miss"] = (1.0 / num("speedup") / budget - 1.0).where(on_target)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -82,7 +113,9 @@ SUMMARY_FILE = "summary.md"  # a study's hand-written opening, kept across re-pu
 
 MD_COLUMNS = ["method", "budget", "variant", "target", "status", "top1", "top1_drop", "parity_max_abs",
               "macs", "params", "size_bytes", "p50_ms", "p90_ms", "p99_ms", "n", "throughput",
-              "speedup", "macs_ratio", "realised_share", "timing_ok", "compile_s", "first_run_ms", "train_s"]
+              "speedup", "macs_ratio", "realised_share", "ratio_ok", "timing_ok", "compile_s", "first_run_ms", "train_s"]
+
+BUDGET_COLUMNS = ["latency_target_ms", "latency_miss"]  # shown where a row has a latency budget
 
 
 def _distinct(df: pd.DataFrame, col: str) -> list[str]:
@@ -115,28 +148,40 @@ def _markdown(df: pd.DataFrame) -> str:
                   "Latency in ms per query; throughput in samples/s.",
                   "- SingleStream: batch 1, one query at a time. Offline: one large batch per query.",
                   f"- Counting: {CONVENTION}",
-                  "- speedup = dense p50 / p50 on the same target and scenario, the dense network timed "
-                  "interleaved with the row's networks in the same cell (A B A B blocks); macs_ratio = dense "
+                  "- speedup = dense p50 / p50 on the same target and scenario: the dense network is timed "
+                  "interleaved with the row's networks in the same cell (R A B C R D E F ... R blocks), and the "
+                  "speed-up is the median over the row's blocks of (the dense blocks just before and after) / "
+                  "block, so a change of the machine's own speed during the cell cancels; macs_ratio = dense "
                   "MACs / MACs; realised_share = speedup / macs_ratio. top1 is measured from the target's own "
                   "outputs; parity is the max |logit - PyTorch logit| on the same inputs.",
-                  "- timing_ok = False marks a timing that stayed suspect after re-timing (other processes "
-                  "busy, long tail, drift of its own or of the dense reference, or the cap): its ratios are "
-                  "left empty and it is left out of the plots. Rows timed on an emulated board (emulated = "
-                  "True) have latencies that mean nothing and are left out of the plots too.", ""]
+                  "- timing_ok = False marks a latency that stayed suspect after re-timing (other processes "
+                  "busy, long tail, its block medians drifted, or the cap): it is left out of the plots. "
+                  "ratio_ok = False marks a speed-up whose standard error (ratio_se, from the interquartile "
+                  "range of its paired ratios) is above the preset's limit, or other processes, or the cap: "
+                  "its ratios are left empty. "
+                  "Rows timed on an emulated board (emulated = True) have latencies that mean nothing and "
+                  "are left out of the plots too.", ""]
     for (model, data, scenario), part in df.groupby(["model", "data", "scenario"], sort=True):
         synthetic = bool(part["synthetic"].fillna(False).astype(bool).any())
         title = f"## {model} on {data}, {scenario}"
         lines += [title + (" (synthetic inputs: latency only, no accuracy)" if synthetic else ""), ""]
-        table = pd.DataFrame({c: [_md_cell(c, v) for v in part[c]] for c in MD_COLUMNS})
+        cols = MD_COLUMNS + [c for c in BUDGET_COLUMNS if c in part.columns and part[c].notna().any()]
+        table = pd.DataFrame({c: [_md_cell(c, v) for v in part[c]] for c in cols})
         lines += [table.to_markdown(index=False), ""]
         errors = part[part["status"] != "ok"]
         for _, r in errors.iterrows():
             lines.append(f"- {r['method']}[{r['budget']}] on {r['target']}: {r['status']}: {r['error']}")
         noisy = part[(part["status"] == "ok") & ~timing_trusted(part)]
         if len(noisy):
-            lines.append(f"- {len(noisy)} row(s) with a suspect timing (ratios left empty, not plotted):")
+            lines.append(f"- {len(noisy)} row(s) with a suspect latency (not plotted):")
             for _, r in noisy.iterrows():
                 lines.append(f"  - {r['method']}[{r['budget']}] {r['variant']} on {r['target']}: {r['timing_suspect']}")
+        withheld = part[(part["status"] == "ok") & ~ratio_trusted(part)]
+        if len(withheld):
+            lines.append(f"- {len(withheld)} row(s) with a suspect speed-up (ratios left empty):")
+            for _, r in withheld.iterrows():
+                why = r.get("ratio_suspect") if isinstance(r.get("ratio_suspect"), str) and r.get("ratio_suspect") else r["timing_suspect"]
+                lines.append(f"  - {r['method']}[{r['budget']}] {r['variant']} on {r['target']}: {why}")
         lines.append("")
     lines += _details(df)
     return "\n".join(lines)

@@ -15,7 +15,8 @@ COLUMNS = [
     "macs", "params", "size_bytes", "size_fp32_bytes", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
     "std_ms", "min_ms", "max_ms", "n", "throughput", "input_p50_min_ms", "input_p50_max_ms",
     "compile_s", "tune_s", "first_run_ms", "train_s", "method_s", "finetune_steps", "speedup", "macs_ratio",
-    "realised_share", "timing_ok", "timing_suspect", "timing_tries", "ref_p50_ms", "ref_drift", "ref_interleaved",
+    "realised_share", "ratio_ok", "ratio_suspect", "ratio_se", "ratio_pairs", "timing_ok", "timing_suspect",
+    "timing_tries", "ref_p50_ms", "ref_drift", "ref_interleaved",
     "other_cpu_share", "load_avg_1m", "tail_ratio", "cv", "artifact", "artifact_sha256", "precision", "target_options", "threads", "preset",
     "percentile_rule", "timing_note", "produces", "synthetic", "device", "eval_n", "pool_inputs",
     "train_n", "baseline_source", "baseline_key", "data_hash", "recipe", "seed",
@@ -31,7 +32,8 @@ TIMING_COLUMNS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "
                   "method_s", "speedup", "realised_share", "timing_note", "node", "measure_start",
                   "measure_end", "started", "written", "session", "wall_s", "timing_ok", "timing_suspect",
                   "timing_tries", "ref_p50_ms", "ref_drift", "other_cpu_share", "load_avg_1m", "load_avg_1m_start",
-                  "tail_ratio", "cv", "block_drift", "speedup_interleaved", "settle_wait_s")
+                  "tail_ratio", "cv", "block_drift", "speedup_interleaved", "settle_wait_s", "ratio_ok",
+                  "ratio_suspect", "ratio_se", "ratio_pairs")
 
 
 def content_key(obj: Any) -> str:

@@ -56,8 +56,8 @@ class LayerPrune(Method):
     report_columns = ("criterion", "layer_prune_units_removed", "layer_prune_units_total", "finetune_steps",
                       "pair_macs_target",
                       "filter_prune_ratio", "graph_conv_nodes", "graph_dense_conv_nodes", "graph_fewer_convs",
-                      "graph_narrower_convs", "latency_requested_ms", "latency_achieved_ms",
-                      "latency_within_tolerance")
+                      "graph_narrower_convs", "latency_budget", "latency_budget_target",
+                      "latency_achieved_frac", "latency_within_tolerance")
     knobs = (
         Knob("layers", str, ("1", "2", "4", "half"), default="1", quick_sweep=("half",),
              help="units removed: a count or 'half' (= ceil(removable/2)). Removable units are "
@@ -132,8 +132,9 @@ def _latency_choice(ctx: MethodContext, model: nn.Module, units: list[Unit], ord
         probe = ctx.measure_latency
         measure, source = (lambda m: probe(m, target)), f"measured:{target}"
     p = lat.plan(model, units, order, float(knobs["latency"]), shape, measure, source, ctx.log)
-    unit = "ms" if source != "macs-proxy" else "macs"
+    unit = "frac" if source != "macs-proxy" else "macs"  # the probe's unit: a fraction of dense p50
     extra = {"layer_prune_latency_source": source, "layer_prune_latency_probes": p.probes,
+             "latency_budget": float(knobs["latency"]), "latency_budget_target": target,
              f"latency_dense_{unit}": p.dense, f"latency_requested_{unit}": p.requested,
              f"latency_predicted_{unit}": p.predicted, f"latency_achieved_{unit}": p.achieved,
              "latency_achieved_error": p.achieved / p.requested - 1.0,
