@@ -54,9 +54,10 @@ def test_quick_preset_takes_the_smaller_default_sweep():
 
 
 def test_quick_preset_times_once_unless_told_otherwise():
-    assert SweepConfig(preset="quick").noise_rules == {"tries": 1, "max_drift": 0.30}
+    quick = {"tries": 1, "max_drift": 0.30, "max_ratio_se": 0.30}
+    assert SweepConfig(preset="quick").noise_rules == quick
     assert SweepConfig(preset="standard").noise_rules == {}
-    assert SweepConfig(preset="quick", noise={"tries": 3}).noise_rules == {"tries": 3, "max_drift": 0.30}
+    assert SweepConfig(preset="quick", noise={"tries": 3}).noise_rules == {**quick, "tries": 3}
 
 
 class Forms(Method):
