@@ -308,28 +308,54 @@ def test_int8_variant_graph_is_exact_and_fused(tmp_path):
     from methods.deepshift.int8 import int8_deployable
 
     net = tiny()
+    with torch.no_grad():
+        net.bn2.weight[1] = -0.75  # a negative BN factor: its sign must go into the int8 weights
     names = convert_to_shift(net, (3, 8, 8), mode="ps", weight_bits=3)  # span <= 3 levels: all exact
     finalize(net)
-    data = load_data("synthetic:32", input_size=8)
+    data = load_data("synthetic:64", input_size=8)
     ctx = MethodContext(model_name="tiny", model=net, data=data, recipe=BASELINE_RECIPES["quick"], seed=0,
                         workdir=tmp_path, preset="quick", structure_only=False, log=lambda m: None)
     dep = int8_deployable(ctx, net, (3, 8, 8), names, "ps", 3)
-    assert dep.variant == "int8" and dep.model is net
+    assert dep.variant == "int8" and dep.model is net and dep.extra["int8_bn_folded"] is True
     path = dep.export_onnx(net, tmp_path / "int8.onnx", (3, 8, 8))
     cols = dep.check_graph(path)
     assert cols["int8_layers"] == 2 and cols["int8_weights_pow2_ok"] is True
     assert cols["int8_inexact_weights"] == 0 and cols["int8_exact_share"] == 1.0
     assert dep.requires == {"int8_qdq"}
+    # BN is folded into the convs: no float Mul/Add (the written-out BN) and no BatchNormalization left
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "BatchNormalization" not in ops and "Mul" not in ops and ops.count("Conv") == 2
+    # the int8 weights times their scales are the BN-folded shift weights, exactly
+    from onnx import numpy_helper
+    from methods.deepshift.int8 import fold_batchnorm
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    folded = fold_batchnorm(net, (3, 8, 8), names)
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    for node, name in zip(convs, ("conv1", "conv2")):
+        dq = producers[node.input[1]]
+        q, scale = inits[dq.input[0]].astype(np.float64), inits[dq.input[1]].astype(np.float64)
+        w = folded.get_submodule(name).weight.detach().numpy().astype(np.float64)
+        assert np.array_equal(q * scale[:, None, None, None], w)
+        assert (scale > 0).all()
     # what ORT runs in int8 comes from its own optimised graph, collected in the cell
     from targets import Artifact, get_target
 
     session = get_target("ort-cpu").compile(Artifact("int8", (3, 8, 8), onnx_path=path), batch=1,
                                             scenario="SingleStream", threads=1)
-    facts = session.graph_facts()
-    assert dep.check_facts("ort-cpu", facts) == {"int8_ort_qlinearconv": 2}  # both convs fused
-    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    facts = dep.check_facts("ort-cpu", session.graph_facts())
+    assert facts["int8_ort_qlinearconv"] == 2  # both convs fused
+    # the ReLUs went into the QuantizeLinear after each conv: conv1's output stays uint8 into conv2
+    assert facts["int8_ort_qdq_left"] <= 2, facts  # the input's Q and the DQ before pooling/classifier
+    x = dep.export_onnx.images[:8]  # calibration images: inside the calibrated ranges
     with torch.no_grad():
-        assert np.abs(session.run(x) - net(torch.from_numpy(x)).numpy()).max() < 0.5
+        ref = net(torch.from_numpy(x)).numpy()
+    out = np.concatenate([session.run(x[i:i + 1]) for i in range(len(x))])
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
     assert dep.size_bytes < size_bytes(net)
 
 

@@ -48,7 +48,7 @@ class DeepShift(Method):
     produces = "dense"
     report_columns = ("deepshift_top1_converted", "finetune_steps", "deepshift_changed_weight_share", "pow2_ok", "pow2_bad_weights",
                       "pow2_checked_weights", "deepshift_finalize_max_abs", "int8_exact_share",
-                      "int8_ort_qlinearconv", "int8_ov_int8_convs", "size_fp32_bytes")
+                      "int8_ort_qlinearconv", "int8_ort_qlinearadd", "int8_ort_qdq_left", "int8_ov_int8_convs", "size_fp32_bytes")
     knobs = (
         Knob("mode", str, ("q", "ps"), choices=("q", "ps"), default="q",
              help="q: rounded latent weights (STE); ps: trained shift P and ternary sign S (RAdam)"),
