@@ -86,9 +86,11 @@ def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...], convs: list[s
 
 
 def calibration_images(ctx: MethodContext, input_shape: tuple[int, ...]) -> np.ndarray:
-    """The first calibration images of the training split (test split if there is none); none
-    for a structure-only run (shapes and costs, nothing exported)."""
-    if ctx.structure_only:
+    """The first calibration images of the training split (test split if there is none). A
+    structure-only run (``harness inspect``, a latency probe before training) calibrates on the
+    data it was given too, so its int8 file has the deployed graph's layout and can be timed;
+    only a context without data has none (and its export fails with that reason)."""
+    if ctx.data is None:
         return np.zeros((0, *input_shape), np.float32)
     per_image = 4 * int(np.prod(input_shape))
     n = max(1, min(CALIBRATION_IMAGES, CALIBRATION_BYTES // per_image))
@@ -138,7 +140,7 @@ class Int8Exporter:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         if not len(self.images):
-            raise RuntimeError("no calibration images (a structure-only run exports nothing)")
+            raise RuntimeError("no calibration images: the method ran without data, so the int8 file cannot be calibrated")
         folded = fold_batchnorm(model, tuple(input_shape), self.converted)
         order = call_order(folded, tuple(input_shape), (nn.Conv2d, nn.Linear))
         shift_index = {order.index(n) for n in self.converted}
