@@ -149,6 +149,11 @@ class MethodContext:
         paired block ratios (``harness.timing.paired_ratios``), which a change of the machine's
         own speed during or between probes does not move. For methods with a latency budget;
         None when unavailable.
+    predict_latency: callable(model, target_key) -> the model's p50 on that target as a fraction
+        of the dense baseline's, PREDICTED by the target's latency model (harness.engine.
+        latency_model: measured unit latencies plus a correction fitted on whole networks; it
+        may time probes of units it has not seen). For latency budgets solved before training
+        (``harness.latency_budget``); None when unavailable.
     family: the model family (``harness.models.FAMILIES``); derived from the model registry
         when not given (None for a model the registry does not know, e.g. a test's own net).
     """
@@ -162,6 +167,7 @@ class MethodContext:
     preset: str = "standard"
     structure_only: bool = False
     measure_latency: Callable[[nn.Module, str], float] | None = None
+    predict_latency: Callable[[nn.Module, str], float] | None = None
     log: Callable[[str], None] = print
     family: str | None = None
 

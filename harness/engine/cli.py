@@ -1,5 +1,5 @@
 """Command line: a thin shell over the Python API (harness.engine: sweep, plan, report, bench,
-inspect). Every user error is one line on stderr and exit status 2."""
+inspect, predict). Every user error is one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -67,6 +67,17 @@ def _build_parser() -> _Parser:
     b.add_argument("--input-shape", default="1,3,32,32", help="N,C,H,W; N is the batch")
     b.add_argument("--threads", type=int)
     b.add_argument("--json", action="store_true")
+    pr = sub.add_parser("predict", help="predicted p50 of compressed networks on targets, before any training")
+    pr.add_argument("--model", "--models", dest="models", required=True, help="comma list of models")
+    pr.add_argument("--methods", help="comma list (default: none, the dense network only)")
+    pr.add_argument("--budgets", action="append", default=[], metavar="METHOD:KNOB=V1,V2",
+                    help="knob values per method, as for sweep (repeatable)")
+    pr.add_argument("--targets", default="ort-cpu", help="comma list (default ort-cpu)")
+    pr.add_argument("--scenarios", default="SingleStream", help="comma list of SingleStream,Offline")
+    pr.add_argument("--threads", type=int, help="threads for every runtime (default: CPUs available)")
+    pr.add_argument("--offline-batch", type=int, default=64)
+    pr.add_argument("--preset", default="quick", help="whose default knob values (quick | standard | publication)")
+    pr.add_argument("--json", action="store_true")
     i = sub.add_parser("inspect", help="MACs, params and size of a dense or compressed model")
     i.add_argument("--model", required=True)
     i.add_argument("--method")
@@ -166,6 +177,19 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from harness.engine.config import parse_budget_args
+    from harness.engine.predict import format_rows, predict
+
+    methods = _csv(args.methods)
+    budgets = parse_budget_args(args.budgets, methods) if args.budgets else {}
+    rows = predict(_csv(args.models) or [], methods, budgets, _csv(args.targets), _csv(args.scenarios),
+                   threads=args.threads, offline_batch=args.offline_batch, preset=args.preset,
+                   log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps(rows, indent=1, default=str) if args.json else format_rows(rows))
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from harness.engine.inspection import inspect_model
 
@@ -187,7 +211,8 @@ def _board(args: argparse.Namespace) -> int:
     return board_command(args)
 
 
-COMMANDS = {"board": _board, "sweep": _sweep, "plan": _sweep, "report": _report, "bench": _bench, "inspect": _inspect, "ls": _ls}
+COMMANDS = {"board": _board, "sweep": _sweep, "plan": _sweep, "report": _report, "bench": _bench, "inspect": _inspect,
+            "predict": _predict, "ls": _ls}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,12 +44,7 @@ def inspect_model(model_name: str, method_name: str | None = None, budget: list[
     knobs = dict(method.budgets(given)[0])  # the first default value of every knob not given
     info["knobs"] = knobs
     if method.name != "none":
-        data = load_data(f"synthetic:64:{classes}", input_size=spec.input_size, seed=seed)
-        with tempfile.TemporaryDirectory() as tmp:
-            ctx = MethodContext(model_name=model_name, model=model, data=data,
-                                recipe=BASELINE_RECIPES["quick"], seed=seed, workdir=Path(tmp),
-                                preset="quick", structure_only=True, log=lambda _m: None)
-            dep = method.apply(ctx, knobs).deployables[0]
+        dep = structure_only(model_name, model, method.name, knobs, classes, seed)[0]
         model, deployable_macs, deployable_size = dep.model, dep.macs, dep.size_bytes
     cost = count_cost(model, shape)
     macs = deployable_macs if deployable_macs is not None else cost.macs
@@ -58,6 +53,20 @@ def inspect_model(model_name: str, method_name: str | None = None, budget: list[
                  "size_fp32_bytes": size_bytes(model), "dense_macs": dense.macs, "dense_params": dense.params,
                  "macs_ratio": dense.macs / macs if macs else None, "convention": CONVENTION})
     return info
+
+
+def structure_only(model_name: str, model: torch.nn.Module, method_name: str, knobs: dict[str, Any], classes: int,
+                   seed: int = 0, predict_latency: Any = None, log: Any = None) -> list[Any]:
+    """The deployables ``method_name`` makes of ``model`` at ``knobs`` without training (their
+    architectures, the method's structure-only path): what ``inspect`` and ``predict`` look at."""
+    spec = model_spec(model_name)
+    data = load_data(f"synthetic:64:{classes}", input_size=spec.input_size, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = MethodContext(model_name=model_name, model=model, data=data,
+                            recipe=BASELINE_RECIPES["quick"], seed=seed, workdir=Path(tmp),
+                            preset="quick", structure_only=True, log=log or (lambda _m: None),
+                            predict_latency=predict_latency)
+        return get_method(method_name).apply(ctx, knobs).deployables
 
 
 def listing(what: str | None = None) -> str:

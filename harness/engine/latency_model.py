@@ -380,6 +380,8 @@ def predict(table: Table, feats: Features, dense: Features | None = None, form: 
             exclude: Iterable[str] = ()) -> Prediction:
     """A network's p50 in milliseconds (the table's level) and as a fraction of ``dense``; the
     correction is fitted on the table's whole networks except ``exclude`` and the network itself."""
+    if dense is not None and feats.net == dense.net and table.net_ms(feats.net) is not None:
+        return Prediction(table.net_ms(feats.net), 1.0, "measured: the dense network itself", "measured")
     s = feats.sum_ms(table)
     if s is None:
         missing = sum(table.unit_ms(u) is None for u in feats.units) + sum(table.unit_ms(a) is None
@@ -645,3 +647,31 @@ class TargetModel:
         table = table or self.table()
         return predict(table, self.features(net), self.features(dense) if dense is not None else None,
                        self.form, exclude)
+
+
+def fraction_predictor(dense: nn.Module, image_shape: tuple[int, ...], threads: int,
+                       target_options: dict[str, dict[str, Any]], workdir: Path, *,
+                       log: Callable[[str], None] = lambda _m: None, folder: Path | None = None,
+                       timeout_s: float = 600.0) -> Callable[[Any, str], Any]:
+    """``MethodContext.predict_latency``: callable(model or list of models, target key) -> each
+    model's predicted p50 as a fraction of ``dense`` at batch 1 (SingleStream) on that target,
+    measuring the units the target's table lacks first (one pass for the whole list)."""
+    models: dict[str, TargetModel] = {}
+
+    def predict_fn(nets: Any, target: str) -> Any:
+        single = isinstance(nets, nn.Module)
+        batch = [nets] if single else list(nets)
+        if target not in models:
+            models[target] = TargetModel(target, target_options.get(target, {}), threads, 1, "SingleStream",
+                                         image_shape, workdir, folder=folder)
+        tm = models[target]
+        table, errors = tm.ensure([dense, *batch], [dense], log=log, timeout_s=timeout_s)
+        out = []
+        for net in batch:
+            p = tm.predict(net, dense, table)
+            if p.frac_of_dense is None:
+                raise RuntimeError(f"latency model on {target}: no prediction ({p.note}"
+                                   f"{'; ' + errors[0] if errors else ''})")
+            out.append(p.frac_of_dense)
+        return out[0] if single else out
+    return predict_fn
