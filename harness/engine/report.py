@@ -1,5 +1,6 @@
-"""Publish rows as ``results.csv``, ``results.md`` and ``pareto.png``; derived columns are
-computed here from the stored rows, so ``harness report DIR`` rebuilds exactly the same files."""
+"""Publish rows as ``results.csv``, ``results.md``, ``pareto.png`` and ``report.md`` (``report_page``);
+derived columns are computed here from the stored rows, so ``harness report DIR`` rebuilds exactly
+the same files."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,29 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from harness.engine.report_analysis import pareto_mask as _pareto_mask  # noqa: E402
+from harness.engine.report_analysis import plottable, ratio_trusted, timing_trusted  # noqa: E402
 from harness.engine.rows import COLUMNS, GROUP  # noqa: E402
 from harness.macs import CONVENTION  # noqa: E402
 from harness.timing import PERCENTILE_RULE, SAMPLE_FLOORS  # noqa: E402
-
-def timing_trusted(df: pd.DataFrame) -> pd.Series:
-    """Rows whose timing is not suspect (``timing_ok`` is not False; rows from before the column
-    count as trusted)."""
-    return ~df["timing_ok"].map(_false)
-
-
-def _false(v: Any) -> bool:
-    return v is False or v == 0 or v == "False"
-
-
-def ratio_trusted(df: pd.DataFrame) -> pd.Series:
-    """Rows whose speed-up may be published: ``ratio_ok`` where the row was timed against an
-    interleaved reference (its paired ratios agree), else ``timing_ok`` (rows without one, and
-    rows from before the column)."""
-    own = timing_trusted(df)
-    if "ratio_ok" not in df.columns:
-        return own
-    has = df["ratio_ok"].map(lambda v: v is not None and not (isinstance(v, float) and np.isnan(v)) and v != "")
-    return own.where(~has, ~df["ratio_ok"].map(_false))
 
 
 def derive(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -98,7 +81,7 @@ def _count(value: Any) -> str:
         return _fmt(value)
 
 
-def _md_cell(col: str, value: Any) -> str:
+def md_cell(col: str, value: Any) -> str:
     """Human units in the Markdown table (the CSV keeps exact numbers)."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
@@ -166,7 +149,7 @@ def _markdown(df: pd.DataFrame) -> str:
         title = f"## {model} on {data}, {scenario}"
         lines += [title + (" (synthetic inputs: latency only, no accuracy)" if synthetic else ""), ""]
         cols = MD_COLUMNS + [c for c in BUDGET_COLUMNS if c in part.columns and part[c].notna().any()]
-        table = pd.DataFrame({c: [_md_cell(c, v) for v in part[c]] for c in cols})
+        table = pd.DataFrame({c: [md_cell(c, v) for v in part[c]] for c in cols})
         lines += [table.to_markdown(index=False), ""]
         errors = part[part["status"] != "ok"]
         for _, r in errors.iterrows():
@@ -202,24 +185,9 @@ def _details(df: pd.DataFrame) -> list[str]:
         if not cols:
             continue
         part = part.drop_duplicates(["budget", "variant"])
-        table = pd.DataFrame({c: [_md_cell(c, v) for v in part[c]] for c in ["budget", "variant", *cols]})
+        table = pd.DataFrame({c: [md_cell(c, v) for v in part[c]] for c in ["budget", "variant", *cols]})
         lines += [f"## {model}: {method} details", "", table.to_markdown(index=False), ""]
     return lines
-
-
-def _pareto_mask(lat: np.ndarray, acc: np.ndarray) -> np.ndarray:
-    """Points not dominated by another that is at least as fast and at least as accurate."""
-    keep = np.ones(len(lat), bool)
-    for i in range(len(lat)):
-        better = (lat <= lat[i]) & (acc >= acc[i]) & ((lat < lat[i]) | (acc > acc[i]))
-        keep[i] = not better.any()
-    return keep
-
-
-def plottable(df: pd.DataFrame) -> pd.Series:
-    """ok rows whose latency means something: trusted timing, not an emulated board."""
-    emulated = df["emulated"].map(lambda v: v is True or v == 1 or v == "True")
-    return (df["status"] == "ok") & timing_trusted(df) & ~emulated
 
 
 def _plot(df: pd.DataFrame, path: Path) -> None:
@@ -267,7 +235,10 @@ def _summary(out: Path) -> str:
 
 
 def publish(out: Path, rows: list[dict[str, Any]]) -> dict[str, Path]:
-    """Write results.csv, results.md and pareto.png under ``out``; returns their paths."""
+    """Write results.csv, results.md, pareto.png and report.md (with its figures) under ``out``;
+    returns their paths."""
+    from harness.engine.report_page import write_report  # it builds on this module's helpers
+
     out = Path(out)
     paths = {"csv": out / "results.csv", "md": out / "results.md", "png": out / "pareto.png"}
     df = derive(rows) if rows else pd.DataFrame(columns=COLUMNS)
@@ -275,4 +246,5 @@ def publish(out: Path, rows: list[dict[str, Any]]) -> dict[str, Path]:
     body = _markdown(df) if len(df) else "# Latency vs accuracy\n\nNo rows yet.\n"
     paths["md"].write_text(_summary(out) + body)
     _plot(df, paths["png"])
+    paths["report"] = write_report(out, df)
     return paths
