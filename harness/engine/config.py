@@ -47,6 +47,10 @@ class SweepConfig:
     append: bool = False  # allow rows of other data sets or models in the same out directory
     noise: dict[str, Any] = field(default_factory=dict)  # NoiseRules fields (harness.engine.noise) overriding defaults
     cell_items: int = 12  # networks of one model timed in one cell, interleaved with its dense reference
+    # scenarios whose cells also time the probes the targets' latency models lack (issue 15; every
+    # row gets p50_predicted_ms where its target's model exists): [] = none, rows predict from
+    # what is cached
+    predict_scenarios: list[str] = field(default_factory=lambda: ["SingleStream"])
     command: str = ""  # the command line that ran the sweep (the CLI fills it in); every row records it
 
     def __post_init__(self) -> None:
@@ -55,7 +59,7 @@ class SweepConfig:
         self.checkpoint = Path(self.checkpoint) if self.checkpoint else None
         if self.preset not in PRESETS:
             raise UserError(unknown_message("preset", self.preset, list(PRESETS)))
-        for s in self.scenarios:
+        for s in [*self.scenarios, *self.predict_scenarios]:
             if s not in SCENARIOS:
                 raise UserError(unknown_message("scenario", s, list(SCENARIOS)))
         if not self.models:

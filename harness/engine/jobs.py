@@ -112,7 +112,8 @@ def run_compress(config: SweepConfig, job: CompressJob, base: dict[str, Any], ne
     model = _baseline_model(job.model, base, data.num_classes)
     ctx = MethodContext(model_name=job.model, model=model, data=data, recipe=config.baseline_recipe,
                         seed=config.seed, workdir=config.artifact_dir / "methods", preset=config.preset,
-                        measure_latency=_latency_probe(config, job, base, data.num_classes), log=log)
+                        measure_latency=_latency_probe(config, job, base, data.num_classes),
+                        predict_latency=_latency_predictor(config, job, base, data.num_classes), log=log)
     t0 = time.perf_counter()
     try:
         torch.manual_seed(config.seed)
@@ -159,7 +160,7 @@ def _variant_record(config: SweepConfig, job: CompressJob, base: dict[str, Any],
     phases["reference"] += time.perf_counter() - t0
     record: dict[str, Any] = {"shared": shared, "ref_path": str(ref_path), "requires": sorted(dep.requires),
                               "requires_why": dep.requires_why, "check_facts": _import_name(dep.check_facts),
-                              "error": ""}
+                              "error": "", "latency": _latency_record(config, job, dep, data)}
     t0 = time.perf_counter()
     try:
         art = _save_artifact(dep.model, folder, tag, tuple(data.input_shape), onnx=needs_onnx,
@@ -173,6 +174,28 @@ def _variant_record(config: SweepConfig, job: CompressJob, base: dict[str, Any],
         record["error"] = f"export failed: {type(exc).__name__}: {first_line(exc)}"
     phases["export"] += time.perf_counter() - t0
     return record
+
+
+def _latency_record(config: SweepConfig, job: CompressJob, dep: Deployable, data: DataBundle) -> dict[str, Any]:
+    """What the latency model needs of this network (``harness.engine.latency_model``): its units'
+    keys and their probe files (exported once per key, shared by every network that has the unit),
+    or why it is not modelled."""
+    from harness.engine import latency_model as lm
+
+    if get_method(job.method).produces == "dynamic":
+        return {"note": "dynamic network: its cost depends on the input; not modelled"}
+    if dep.requires:
+        return {"note": f"needs {', '.join(sorted(dep.requires))}: not modelled by unit probes"}
+    shape = tuple(data.input_shape)
+    t0 = time.perf_counter()
+    try:
+        feats = lm.features(dep.model, shape)
+        probes = {k: asdict(lm.export_probe(k, d, m, shape, config.artifact_dir / "latency-probes"))
+                  for k, (d, m) in lm.probes_of(dep.model, shape).items()}
+    except Exception as exc:  # a unit the exporter cannot take: the row says so, nothing else changes
+        return {"note": f"latency model: a unit could not be probed: {type(exc).__name__}: {first_line(exc, 200)}"}
+    return {"net": feats.net, "units": feats.units, "adapters": feats.adapters, "granularity": feats.granularity,
+            "probes": probes, "probe_export_s": time.perf_counter() - t0}
 
 
 def _save_artifact(model: nn.Module, folder: Path, tag: str, input_shape: tuple[int, ...], *, onnx: bool,
@@ -232,6 +255,25 @@ def _latency_probe(config: SweepConfig, job: CompressJob, base: dict[str, Any],
                                f"({item.get('ref_error') or item.get('ratio_suspect') or 'no reference'})")
         return 1.0 / float(item["speedup_interleaved"])
     return probe
+
+
+def _latency_predictor(config: SweepConfig, job: CompressJob, base: dict[str, Any],
+                       classes: int) -> Callable[[Any, str], Any]:
+    """``MethodContext.predict_latency`` for a compress job: the targets' latency models (cached
+    tables; units they lack are timed as probes in cells, like the latency probes above)."""
+    from harness.engine import latency_model as lm
+
+    state: dict[str, Any] = {}
+
+    def predict_fn(models: Any, target_key: str) -> Any:
+        if "fn" not in state:
+            shape = tuple(np.load(base["pool"], mmap_mode="r").shape[1:])
+            state["fn"] = lm.fraction_predictor(_baseline_model(job.model, base, classes), shape, config.threads,
+                                                config.target_options, config.artifact_dir / "latency-model",
+                                                log=log, timeout_s=config.timeout_s,
+                                                rules=lm.probe_rules(config.timing))
+        return state["fn"](models, target_key)
+    return predict_fn
 
 
 def _entry_string(key: str) -> str | None:
@@ -295,4 +337,47 @@ def run_measure(config: SweepConfig, jobs: list[MeasureJob], records: list[dict[
         phases["cell start-up"] = max(0.0, (end - start) / len(records) - sum(phases.values()))
         fields.update({"measure_start": start, "measure_end": end})
         out.append(fields)
+    if out and head.scenario in config.predict_scenarios:
+        out[0]["_latency"] = _probe_pass(config, head, records, batch, shape, Path(workdir), isolated)
+        out[0].setdefault("phases", {})["latency-model probes"] = out[0]["_latency"].get("seconds", 0.0)
     return out
+
+
+def _probe_pass(config: SweepConfig, head: MeasureJob, records: list[dict[str, Any]], batch: int,
+                shape: tuple[int, ...], workdir: Path, isolated: bool) -> dict[str, Any]:
+    """After a cell: time the probes of the cell's networks that the target's latency table lacks
+    (and the dense network whole, in the dense cell), cache them, and return what was measured
+    so the driver's table gets it too (on a cluster, the node's cache is not the driver's)."""
+    from harness.engine import latency_model as lm
+    from harness.provenance import host_machine
+
+    target = get_target(head.target)
+    if target.opt_in or target.device != "cpu":
+        return {"note": f"the sweep builds latency models of default CPU targets only; build this one with "
+                        f"python -m harness predict --targets {head.target}"}
+    t0 = time.perf_counter()
+    machine = host_machine()
+    tm = lm.TargetModel(head.target, config.target_options.get(head.target, {}), config.threads, batch,
+                        head.scenario, shape, workdir, machine=machine, rules=lm.probe_rules(config.timing),
+                        isolated=isolated)
+    table = tm.table()
+    files: dict[str, lm.ProbeFile] = {}
+    whole: dict[str, dict[str, Any]] = {}
+    for record in records:
+        lat = record.get("latency") or {}
+        for key, probe in (lat.get("probes") or {}).items():
+            if key not in table.units:
+                files[key] = lm.ProbeFile(**probe)
+        if head.method == "none" and lat.get("net") and table.nets.get(lat["net"], {}).get("frac") is None:
+            files[lat["net"]] = lm.ProbeFile(lat["net"], "whole dense network", record.get("onnx_path"),
+                                             record["torch_path"])
+            whole[lat["net"]] = {lat["granularity"]: {"units": lat["units"], "adapters": lat["adapters"]}}
+    if not files:
+        return {"measured": {}, "calib_ms": [], "whole": {}, "machine": machine, "seconds": 0.0}
+    measured, calib, errors = lm.measure_probes(head.target, tm.options, config.threads, batch, head.scenario,
+                                                list(files.values()), shape, workdir / "latency-probes",
+                                                target_entry=_entry_string(head.target), rules=tm.rules,
+                                                timeout_s=config.timeout_s, isolated=isolated, log=log)
+    lm.update_table(tm.key, lambda t: lm.merge_measured(t, measured, calib, whole))
+    return {"measured": measured, "calib_ms": calib, "whole": whole, "machine": machine, "errors": errors[:5],
+            "seconds": time.perf_counter() - t0}

@@ -117,7 +117,9 @@ def units(model: nn.Module, input_shape: tuple[int, ...], granularity: str = GRA
             h.remove()
         model.train(was_training)
     by_name = dict(found)
-    return [Unit(content_key([repr(by_name[n]), seen[n]]), n, by_name[n], seen[n]) for n in order]
+    # a removed unit (nn.Identity: layer pruning) is no node in the exported graph and costs nothing
+    return [Unit(content_key([repr(by_name[n]), seen[n]]), n, by_name[n], seen[n]) for n in order
+            if not isinstance(by_name[n], nn.Identity)]
 
 
 def net_key(model: nn.Module, input_shape: tuple[int, ...]) -> str:
@@ -186,10 +188,21 @@ def adapter_key(shape: Sequence[int]) -> str:
 
 
 # ----------------------------------------------------------------------------- the table
+def probe_rules(timing: Any = None) -> dict[str, Any]:
+    """The timing rules of probe cells: ``PROBE_RULES``, or a sweep's own rules where they are
+    shorter (tests: a table built with them is keyed apart from one built with ``PROBE_RULES``)."""
+    if timing is None or asdict(timing)["min_s"] >= PROBE_RULES["min_s"]:
+        return dict(PROBE_RULES)
+    t = asdict(timing)
+    return {k: t[k] for k in ("warmup_min_s", "warmup_min_n", "min_s", "min_n", "max_s")}
+
+
 def table_key(target: str, versions: dict[str, str], options: dict[str, Any], threads: int, batch: int,
-              scenario: str, machine: dict[str, Any], image_shape: Sequence[int]) -> dict[str, Any]:
+              scenario: str, machine: dict[str, Any], image_shape: Sequence[int],
+              rules: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a table's numbers depend on: they are reused only when all of it matches."""
-    return {"version": VERSION, "target": target, "versions": versions, "options": options, "threads": threads,
+    return {"version": VERSION, "rules": rules or PROBE_RULES, "target": target, "versions": versions,
+            "options": options, "threads": threads,
             "batch": batch, "scenario": scenario, "cpu": machine.get("cpu"), "cpu_count": machine.get("cpu_count"),
             "arch": machine.get("arch"), "gpu": machine.get("gpu") or "", "board": machine.get("board") or "",
             "image_shape": list(image_shape), "torch": torch.__version__}
@@ -439,12 +452,13 @@ def _artifact(name: str, image_shape: Sequence[int], onnx_path: str | None, torc
 
 def measure_probes(target: str, options: dict[str, Any], threads: int, batch: int, scenario: str,
                    probes: list[ProbeFile], image_shape: tuple[int, ...], workdir: Path, *,
-                   target_entry: str | None = None, timeout_s: float = 600.0,
+                   target_entry: str | None = None, timeout_s: float = 600.0, rules: dict[str, Any] | None = None,
+                   isolated: bool = True,
                    log: Callable[[str], None] = lambda _m: None) -> tuple[dict[str, dict[str, Any]], list[float], list[str]]:
     """Time ``probes`` in cells of ``PROBES_PER_CELL`` interleaved with the calibration network;
     returns ({probe key: {"frac", "desc", "p50_ms", "ratio_se"}}, the calibration p50 of each cell,
     errors). A probe that fails to compile or time is left out (and named in the errors)."""
-    from harness.engine.cell import CellSpec
+    from harness.engine.cell import CellSpec, run_cell
     from harness.engine.isolate import run_isolated
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -461,13 +475,19 @@ def measure_probes(target: str, options: dict[str, Any], threads: int, batch: in
     for c in range(cells):
         chunk = probes[c * PROBES_PER_CELL:(c + 1) * PROBES_PER_CELL]
         t0 = time.perf_counter()
-        spec = CellSpec(target=target, scenario=scenario, batch=batch, threads=threads, rules=dict(PROBE_RULES),
+        spec = CellSpec(target=target, scenario=scenario, batch=batch, threads=threads, rules=dict(rules or PROBE_RULES),
                         pool_path=str(pool_path),
                         items=[{"key": p.key, "artifact": _artifact(p.key, image_shape, p.onnx_path, p.torch_path)}
                                for p in chunk],
                         reference=_artifact("calibration", image_shape, calib.onnx_path, calib.torch_path),
                         options=options, target_entry=target_entry, noise={"tries": 1})
-        result = run_isolated(spec, workdir / f"cell-{target}-{content_key([p.key for p in chunk])}", timeout_s)
+        if isolated:
+            result = run_isolated(spec, workdir / f"cell-{target}-{content_key([p.key for p in chunk])}", timeout_s)
+        else:  # the inline executor: no child processes
+            try:
+                result = {"status": "ok", **run_cell(spec)}
+            except Exception as exc:
+                result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
         if result.get("status") != "ok":
             errors.append(f"probe cell on {target}: {result.get('status')}: {result.get('error', '')}")
             continue
@@ -587,6 +607,8 @@ class TargetModel:
     form: str = FORM
     machine: dict[str, Any] | None = None
     folder: Path | None = None  # the cache folder (default $HARNESS_CACHE/latency-model)
+    rules: dict[str, Any] | None = None  # probe timing rules (``probe_rules``)
+    isolated: bool = True  # probe cells in child processes (False: the inline executor)
 
     def __post_init__(self) -> None:
         from harness.provenance import host_machine
@@ -597,7 +619,7 @@ class TargetModel:
         self.options = self._target.parse_options(self.options or {})
         self.machine = self.machine or host_machine()
         self.key = table_key(self.target, self._target.versions(), self.options, self.threads, self.batch,
-                             self.scenario, self.machine, self.image_shape)
+                             self.scenario, self.machine, self.image_shape, self.rules)
 
     @property
     def onnx(self) -> bool:
@@ -635,7 +657,8 @@ class TargetModel:
             f"{len(files)} probes ({len(whole_info)} whole networks) in {math.ceil(len(files) / PROBES_PER_CELL)} cells")
         measured, calib, errors = measure_probes(self.target, self.options, self.threads, self.batch,
                                                  self.scenario, files, self.image_shape, self.workdir,
-                                                 timeout_s=timeout_s, log=log)
+                                                 timeout_s=timeout_s, rules=self.rules, isolated=self.isolated,
+                                                 log=log)
         table = update_table(self.key, lambda t: merge_measured(t, measured, calib, whole_info), self.folder)
         return table, errors
 
@@ -652,7 +675,8 @@ class TargetModel:
 def fraction_predictor(dense: nn.Module, image_shape: tuple[int, ...], threads: int,
                        target_options: dict[str, dict[str, Any]], workdir: Path, *,
                        log: Callable[[str], None] = lambda _m: None, folder: Path | None = None,
-                       timeout_s: float = 600.0) -> Callable[[Any, str], Any]:
+                       timeout_s: float = 600.0, rules: dict[str, Any] | None = None,
+                       isolated: bool = True) -> Callable[[Any, str], Any]:
     """``MethodContext.predict_latency``: callable(model or list of models, target key) -> each
     model's predicted p50 as a fraction of ``dense`` at batch 1 (SingleStream) on that target,
     measuring the units the target's table lacks first (one pass for the whole list)."""
@@ -663,7 +687,7 @@ def fraction_predictor(dense: nn.Module, image_shape: tuple[int, ...], threads: 
         batch = [nets] if single else list(nets)
         if target not in models:
             models[target] = TargetModel(target, target_options.get(target, {}), threads, 1, "SingleStream",
-                                         image_shape, workdir, folder=folder)
+                                         image_shape, workdir, folder=folder, rules=rules, isolated=isolated)
         tm = models[target]
         table, errors = tm.ensure([dense, *batch], [dense], log=log, timeout_s=timeout_s)
         out = []

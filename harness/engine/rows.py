@@ -6,16 +6,17 @@ import hashlib
 import json
 from typing import Any
 
-# The column order of the published table: identity, outcome, accuracy, cost, latency,
+# The column order of the published table: identity, outcome, accuracy, cost, latency (the
+# measured p50 beside the latency model's prediction, harness.engine.latency_model),
 # cold start, derived ratios, then where it ran and provenance. Method-specific columns follow
 # in the CSV (sorted), then ``key``.
 COLUMNS = [
     "model", "data", "method", "knob", "budget", "variant", "target", "scenario", "batch", "status",
     "error", "top1", "top5", "top1_torch", "top1_drop", "parity_max_abs", "parity_top1_agree",
-    "macs", "params", "size_bytes", "size_fp32_bytes", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
+    "macs", "params", "size_bytes", "size_fp32_bytes", "p50_ms", "p50_predicted_ms", "p90_ms", "p99_ms", "mean_ms",
     "std_ms", "min_ms", "max_ms", "n", "throughput", "input_p50_min_ms", "input_p50_max_ms",
     "compile_s", "tune_s", "first_run_ms", "train_s", "method_s", "finetune_steps", "speedup", "macs_ratio",
-    "realised_share", "ratio_ok", "ratio_suspect", "ratio_se", "ratio_pairs", "timing_ok", "timing_suspect",
+    "realised_share", "speedup_predicted", "p50_predicted_note", "ratio_ok", "ratio_suspect", "ratio_se", "ratio_pairs", "timing_ok", "timing_suspect",
     "timing_tries", "ref_p50_ms", "ref_drift", "ref_interleaved",
     "other_cpu_share", "load_avg_1m", "tail_ratio", "cv", "artifact", "artifact_sha256", "precision", "target_options", "threads", "preset",
     "percentile_rule", "timing_note", "produces", "synthetic", "device", "eval_n", "pool_inputs",
@@ -33,7 +34,8 @@ TIMING_COLUMNS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "
                   "measure_end", "started", "written", "session", "wall_s", "timing_ok", "timing_suspect",
                   "timing_tries", "ref_p50_ms", "ref_drift", "other_cpu_share", "load_avg_1m", "load_avg_1m_start",
                   "tail_ratio", "cv", "block_drift", "speedup_interleaved", "settle_wait_s", "ratio_ok",
-                  "ratio_suspect", "ratio_se", "ratio_pairs")
+                  "ratio_suspect", "ratio_se", "ratio_pairs", "p50_predicted_ms", "speedup_predicted",
+                  "p50_predicted_note")
 
 
 def content_key(obj: Any) -> str:

@@ -183,7 +183,7 @@ class Sweep:
                 self.executor.isolated, str(self.cfg.artifact_dir / "cells"))
         self.executor.submit(Task("measure", run_measure, args,
                                   f"{label} {target_key} {scenario} ({len(mjobs)} networks)",
-                                  context=(mjobs, [row for _, _, row in members], reference is not None),
+                                  context=(mjobs, [row for _, _, row in members], reference is not None, records),
                                   cpus=self.cfg.threads, exclusive=True, resources=dict(target.resources),
                                   timeout_s=self.cfg.timeout_s * (len(mjobs) + 1) + 60))
 
@@ -243,10 +243,13 @@ class Sweep:
             self._dense_ready(job.model, result["variants"].get("default"))
 
     def _on_measure(self, done: Done) -> None:
-        mjobs, rows, interleaved = done.task.context
+        mjobs, rows, interleaved, records = done.task.context
         results = done.result if not done.error else [{"status": "error", "error": f"measure job failed: {done.error}"}
                                                       for _ in mjobs]
-        for mjob, row, result in zip(mjobs, rows, results):
+        probes = results[0].pop("_latency", None) if results else None
+        predictions = self._predictions(mjobs, records, results, probes)
+        for mjob, row, result, predicted in zip(mjobs, rows, results, predictions):
+            result.update(predicted)
             session = result.pop("session", {}) or {}
             versions = result.pop("runtime_versions", {})
             for phase, seconds in result.pop("phases", {}).items():
@@ -257,6 +260,64 @@ class Sweep:
             self._put(mjob.key, {**row, **result, "ref_interleaved": interleaved,
                                  "precision": session.get("precision", ""), "tune_s": session.get("tune_s"),
                                  "session": json.dumps(session), "runtime_versions": json.dumps(versions)})
+
+    # ----------------------------------------------------------------- predicted latency
+    def _predictions(self, mjobs: list[MeasureJob], records: list[dict[str, Any]], results: list[dict[str, Any]],
+                     probes: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """Per row: ``p50_predicted_ms``, ``speedup_predicted`` and ``p50_predicted_note`` from the
+        target's latency model (this cell's probes merged first), fitted on the whole networks the
+        table holds except the row's own; then the row becomes a fit point for later rows."""
+        from harness.engine import latency_model as lm
+
+        head = mjobs[0]
+        empty = {"p50_predicted_ms": None, "speedup_predicted": None}
+        machine = (probes or {}).get("machine") or next((r for r in results if r.get("cpu")), {})
+        if not machine.get("cpu"):
+            return [{**empty, "p50_predicted_note": "no latency model: the cell did not run"} for _ in mjobs]
+        shape = tuple(self.plan.data[head.model].input_shape)
+        try:
+            tm = lm.TargetModel(head.target, self.cfg.target_options.get(head.target, {}), self.cfg.threads,
+                                self.plan.batch(head.scenario), head.scenario, shape,
+                                self.cfg.artifact_dir / "latency-model", machine=machine,
+                                rules=lm.probe_rules(self.cfg.timing))
+            if probes and probes.get("measured"):
+                table = lm.update_table(tm.key, lambda t: lm.merge_measured(t, probes["measured"], probes["calib_ms"],
+                                                                            probes["whole"]))
+            else:
+                table = tm.table()
+        except Exception as exc:  # a prediction must never stop a sweep
+            return [{**empty, "p50_predicted_note": f"latency model failed: {type(exc).__name__}: {exc}"}
+                    for _ in mjobs]
+        dense_rec = (self.dense.get(head.model) or {}).get("latency") or {}
+        dense = lm.Features(dense_rec["net"], dense_rec["units"], dense_rec["adapters"]) if dense_rec.get("net") else None
+        out, points = [], []
+        for mjob, record, result in zip(mjobs, records, results):
+            lat = record.get("latency") or {}
+            if not lat.get("net"):
+                out.append({**empty, "p50_predicted_note": lat.get("note") or (probes or {}).get("note", "")})
+                continue
+            feats = lm.Features(lat["net"], lat["units"], lat["adapters"], lat.get("granularity", lm.GRANULARITY))
+            if not table.units:
+                why = (probes or {}).get("note") or (
+                    f"no latency model for {head.target} {head.scenario} (batch {self.plan.batch(head.scenario)}) here: "
+                    f"python -m harness predict --model {head.model} --targets {head.target} --scenarios {head.scenario}")
+                out.append({**empty, "p50_predicted_note": why})
+                continue
+            p = lm.predict(table, feats, dense)
+            out.append({"p50_predicted_ms": p.ms, "p50_predicted_note": p.note,
+                        "speedup_predicted": (1.0 / p.frac_of_dense if p.frac_of_dense and mjob.method != "none"
+                                              else (1.0 if p.ms is not None and mjob.method == "none" else None))})
+            ratio = result.get("speedup_interleaved")
+            dense_ms = table.net_ms(dense.net) if dense is not None else None
+            if (mjob.method != "none" and result.get("status") == "ok" and ratio and result.get("ratio_ok") is not False
+                    and dense_ms):
+                points.append((feats, dense_ms / ratio, mjob.key))
+        if points:
+            def add(t: Any) -> None:
+                for feats, y, key in points:
+                    lm.add_row_point(t, feats, y, key)
+            lm.update_table(tm.key, add)
+        return out
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> list[dict[str, Any]]:

@@ -89,3 +89,44 @@ def prune_to_macs(model: nn.Module, scores: Mapping[str, torch.Tensor], target_m
             best = mid
         lo, hi = (mid, hi) if m > target_macs else (lo, mid)
     return prune_ratio(model, scores, best, input_shape), best
+
+
+def prunable_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv whose width filter pruning chooses (not in the family's
+    ``pruning_ignored_layers``, not grouped), by module path."""
+    ignored = set(map(id, pruning_ignored_layers(model)))
+    return {name: m.out_channels for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and id(m) not in ignored and m.groups == 1}
+
+
+def prune_widths(model: nn.Module, scores: Mapping[str, torch.Tensor], widths: Mapping[str, int],
+                 input_shape: tuple[int, ...]) -> nn.Module:
+    """``model`` with each conv in ``widths`` (module path -> output channels to keep) pruned to
+    that width, in place, by the same criterion scores (Torch-Pruning, per-layer ratios)."""
+    model.eval()
+    current = prunable_widths(model)
+    ratios = {}
+    for name, keep in widths.items():
+        total = current[name]
+        if not 1 <= keep <= total:
+            raise UserError(f"cannot keep {keep} of {total} channels of {name}")
+        if keep < total:
+            # TP keeps int(total * (1 - ratio)) channels: aim half a channel above ``keep``
+            ratios[model.get_submodule(name)] = 1.0 - (keep + 0.5) / total
+    if not ratios:
+        return model
+    example = torch.zeros(1, *input_shape)
+    pruner = tp.pruner.MetaPruner(model, example, importance=CriterionImportance(model, scores), pruning_ratio=0.0,
+                                  pruning_ratio_dict=ratios, ignored_layers=pruning_ignored_layers(model))
+    pruner.step()
+    got = prunable_widths(model)
+    wrong = {n: (w, got[n]) for n, w in widths.items() if got.get(n) != w}
+    if wrong:
+        raise RuntimeError(f"Torch-Pruning kept other widths than asked (asked, got): {wrong}")
+    return model
+
+
+def aligned(width: int, step: int, up: bool, limit: int) -> int:
+    """``width`` rounded up (or down) to a multiple of ``step``, within [min(step, limit), limit]."""
+    w = -(-width // step) * step if up else (width // step) * step
+    return max(min(step, limit), min(limit, w))
