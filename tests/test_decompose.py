@@ -319,6 +319,13 @@ def test_apply_trains_both_schedules_and_checks_the_graph(tmp_path, monkeypatch)
     e = out.extra
     assert e["decompose_layers"] == 9 and e["decompose_lr_continuous"] is True
     assert (e["finetune_steps"], e["decompose_at_step"]) == (4, 2)
+    # both runs' times per phase: the dense run over the decomposed phase's steps is the reference
+    assert e["decompose_dense_step_s_after"] > 0 and e["decompose_dense_step_s_before"] > 0
+    assert e["decompose_phase_speedup"] == pytest.approx(e["decompose_dense_step_s_after"] / e["decompose_step_s_after"])
+    assert e["decompose_steps_per_epoch"] == 2  # 256 images at batch 128
+    assert e["decompose_epoch_s_after"] == pytest.approx(2 * e["decompose_step_s_after"])
+    assert e["decompose_channels_last"] == "all" and e["decompose_step_speedup_best"] > 0
+    assert e["decompose_step_best_layouts"].count("/") == 1
     assert e["decompose_train_speedup"] == pytest.approx(e["decompose_dense_train_s"] / e["decompose_train_s"])
     assert out.train_s == e["decompose_train_s"] > e["decompose_decomp_s"] > 0
     assert 0 <= e["decompose_dense_top1"] <= 100 and e["decompose_step_speedup"] > 0
@@ -331,3 +338,30 @@ def test_apply_trains_both_schedules_and_checks_the_graph(tmp_path, monkeypatch)
     again = Decompose().apply(ctx, Decompose().settings({"ratio": 0.25, "layers": "conv2"}))
     assert again.extra["decompose_dense_source"] == "this sweep"
     assert again.extra["decompose_dense_train_s"] == e["decompose_dense_train_s"]
+
+
+# ----------------------------------------------------------------------------- batch, layout, phase times
+def test_batch_knob_scales_the_lr_and_is_validated():
+    """decompose:batch=128 gives both recipes batch 128 at sqrt-scaled lr (0.05 at 32 -> the
+    paper's 0.1 at 128) and the same number of steps; lr= overrides; bad values are one-line errors."""
+    from methods.decompose import Decompose, schedule
+
+    rec = schedule.DecomposeRecipe(TrainRecipe(steps=270, batch_size=32, lr=0.05), 1 / 3,
+                                   TrainRecipe(steps=120, batch_size=32, lr=1e-3))
+    big = schedule.with_batch(rec, 128, None)
+    assert (big.train.batch_size, big.train.steps, big.train.lr) == (128, 270, pytest.approx(0.1))
+    assert (big.post.batch_size, big.post.lr) == (128, pytest.approx(2e-3)) and big.decompose_at == rec.decompose_at
+    assert schedule.with_batch(rec, 128, 0.02).train.lr == 0.02 and schedule.with_batch(rec, None, None) is rec
+    method = Decompose()
+    with pytest.raises(UserError, match="batch=4 out of range"):
+        method.knob("batch").parse("4")
+    with pytest.raises(UserError, match="channels_last"):
+        method.knob("channels_last").parse("nhwc")
+
+
+def test_dense_run_span_gives_the_time_of_any_phase_of_the_schedule():
+    from methods.decompose.schedule import RunResult
+
+    run = RunResult(None, step_clock=[1.0, 2.5, 3.0, 4.5])
+    assert run.span_s(0, 2) == 2.5 and run.span_s(2, 4) == 2.0 and run.span_s(0, 4) == 4.5
+    assert RunResult(None).span_s(0, 2) is None  # a dense run cached before the step clock existed

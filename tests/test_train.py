@@ -170,3 +170,20 @@ def test_trace_calls_lists_modules_in_call_order_with_input_shapes():
     assert calls[0] == ("conv1", (3, 32, 32)) and calls[-1] == ("fc", (64,))
     assert ("layer2.0.conv1", (16, 32, 32)) in calls and len(calls) == 20  # 19 convs + fc
     assert model.training  # mode restored
+
+
+def test_channels_last_trains_the_same_network_and_hands_it_back_in_nchw(digits):
+    """channels_last=True is a layout, not other math: the weights end within float rounding of
+    the NCHW run (oneDNN orders its sums differently: after 3 steps the two differ by a few
+    percent of how far training moved the weights), the model comes back contiguous, and the
+    step clock holds the run's training seconds after every step (its last entry is train_s)."""
+    recipe = TrainRecipe(steps=3, batch_size=128, lr=0.02)
+    init, nchw, nhwc = _model(), _model(), _model()
+    a = fit(nchw, digits, recipe, seed=0, progress=False)
+    b = fit(nhwc, digits, recipe, seed=0, progress=False, channels_last=True)
+    flat = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in (init, nchw, nhwc)]
+    assert float((flat[1] - flat[2]).norm()) < 0.05 * float((flat[1] - flat[0]).norm())
+    assert all(p.is_contiguous() for p in nhwc.parameters())
+    for res in (a, b):
+        assert len(res.step_clock) == 3 and res.step_clock == sorted(res.step_clock)
+        assert 0 < res.step_clock[0] and res.step_clock[-1] == pytest.approx(res.train_s, rel=1e-3)

@@ -16,7 +16,7 @@ from harness.data import eval_arrays
 from harness.errors import UserError
 from harness.export import onnx_summary
 from harness.models import build_model
-from harness.train import TrainRecipe, fit, make_sgd, predict, top1
+from harness.train import TrainRecipe, batches_per_pass, fit, make_sgd, predict, top1
 from methods.base import Compressed, Deployable, Knob, Method, MethodContext
 from methods.decompose import factors, schedule
 from methods.decompose.ranks import RankPolicy
@@ -26,6 +26,10 @@ from methods.recipes import recipe_columns
 from methods.decompose.surgery import DECOMPS, LAYER_POLICIES, decompose_model, reconstruct_model, summary
 
 SCHEDULES = ("train", "post")
+# channels_last for (the networks in the original architecture, the decomposed one); measured in
+# README "Where decomposition pays": NHWC speeds up every decomposed network and the dense
+# ResNets, but VGG16-bn's dense 256-512-channel convs at batch 128 run 9% slower in it.
+LAYOUTS = {"none": (False, False), "all": (True, True), "decomposed": (False, True)}
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class Settings:
     schedule: str
     decompose_at: float | None  # a fraction of the schedule; None: the preset recipe's
     reconstruct_at: float  # a fraction of the schedule; 0: never
+    layouts: tuple[bool, bool] = LAYOUTS["all"]
+    batch: int | None = None  # None: the preset recipe's
+    lr: float | None = None  # None: the preset recipe's, scaled with the batch (schedule.with_batch)
 
     @classmethod
     def from_knobs(cls, k: Mapping[str, Any]) -> "Settings":
@@ -50,7 +57,7 @@ class Settings:
         else:
             policy = RankPolicy(k["rank"], 0.0, int(k["multiple"]))
         return cls(policy, k["decomp"], k["layers"], bool(k["first"]), k["schedule"], k.get("decompose_at"),
-                   float(k["reconstruct_at"]))
+                   float(k["reconstruct_at"]), LAYOUTS[k["channels_last"]], k.get("batch"), k.get("lr"))
 
 
 class Decompose(Method):
@@ -60,7 +67,8 @@ class Decompose(Method):
     produces = "smaller"
     report_columns = ("decompose_top1", "decompose_dense_top1", "finetune_steps", "decompose_train_s",
                       "decompose_dense_train_s", "decompose_train_speedup", "decompose_step_s_before",
-                      "decompose_step_s_after", "decompose_step_ratio_in_run", "decompose_step_speedup",
+                      "decompose_step_s_after", "decompose_dense_step_s_after", "decompose_phase_speedup",
+                      "decompose_step_ratio_in_run", "decompose_step_speedup",
                       "decompose_layers",
                       "decompose_layers_skipped", "decompose_fold_max_rel_err", "decompose_graph_ok")
     knobs = (
@@ -79,6 +87,12 @@ class Decompose(Method):
              help="fraction of the schedule's steps after which the chains are folded back (0 = never)"),
         Knob("schedule", str, (), choices=SCHEDULES, default="train",
              help="train: decompose mid-training (the paper's claim); post: decompose the trained baseline"),
+        Knob("channels_last", str, (), choices=tuple(LAYOUTS), default="all",
+             help="train in NHWC: every network, only the decomposed one, or none (dense and decomposed run alike)"),
+        Knob("batch", int, (), 8, 1024,
+             help="optimizer batch of the run, dense and decomposed alike (default: preset's; paper: 128)"),
+        Knob("lr", float, (), 1e-4, 1.0,
+             help="peak lr of the run (default: preset's, x sqrt(batch / preset's batch) when batch is given)"),
     )
     exclusive = (("rank", "energy", "ratio"),)
 
@@ -95,6 +109,7 @@ class Decompose(Method):
         decompose = partial(decompose_model, input_shape=tuple(ctx.data.input_shape), policy=s.policy,
                             decomp=s.decomp, layers=s.layers, include_first=s.include_first, seed=ctx.seed)
         common = {"decompose_schedule": s.schedule, "decompose_policy": s.policy.describe(),
+                  "decompose_channels_last": knobs["channels_last"],
                   "decompose_kind": s.decomp, "decompose_layer_policy": s.layers}
         if ctx.structure_only or ctx.data.synthetic:
             # No training: inspect/contract tests, and latency-only sweeps on random labels (the
@@ -108,10 +123,10 @@ class Decompose(Method):
         return self._train(ctx, s, decompose, common)
 
     def _post(self, ctx: MethodContext, s: Settings, decompose: partial, common: dict) -> Compressed:
-        recipe = schedule.recipe_for(ctx).post
+        recipe = schedule.with_batch(schedule.recipe_for(ctx), s.batch, s.lr).post
         x, y = eval_arrays(ctx.data)
         before = top1(predict(ctx.model, x), y)
-        run, no_finetune = train_decomposed_post(ctx.model, ctx, recipe, decompose)
+        run, no_finetune = train_decomposed_post(ctx.model, ctx, recipe, decompose, s.layouts[1])
         ctx.log(f"  decompose[post]: {summary(run.plans)['decompose_layers']} layers in {run.decomp_s:.1f} s, "
                 f"fine-tune {recipe.steps} steps")
         extra = {**common, **summary(run.plans), **recipe_columns(recipe),
@@ -122,7 +137,7 @@ class Decompose(Method):
         return Compressed([_decomposed(run.model, {})], run.train_s, extra)
 
     def _train(self, ctx: MethodContext, s: Settings, decompose: partial, common: dict) -> Compressed:
-        rec = schedule.recipe_for(ctx)
+        rec = schedule.with_batch(schedule.recipe_for(ctx), s.batch, s.lr)
         recipe = rec.train
         at, fold = at_step(recipe, s.decompose_at or rec.decompose_at), at_step(recipe, s.reconstruct_at)
         if not 0 < at < recipe.steps or (fold and not at < fold < recipe.steps):
@@ -133,19 +148,22 @@ class Decompose(Method):
             torch.manual_seed(ctx.seed)  # the dense and the decomposed run start from one init
             return build_model(ctx.model_name, num_classes=ctx.data.num_classes)
 
+        dense_cl = s.layouts[0]
         dense, dense_source = cached_dense(
-            dense_key(ctx.model_name, ctx.data, recipe, ctx.seed), build,
-            lambda m: train_dense(m, ctx.data, recipe, seed=ctx.seed), Path(ctx.workdir) / "decompose")
+            dense_key(ctx.model_name, ctx.data, recipe, ctx.seed, dense_cl), build,
+            lambda m: train_dense(m, ctx.data, recipe, seed=ctx.seed, channels_last=dense_cl),
+            Path(ctx.workdir) / "decompose")
         ctx.log(f"  decompose: dense {recipe.steps}-step schedule {dense.train_s:.1f} s ({dense_source})")
         shape = tuple(ctx.data.input_shape)
         run = train_decomposed(build(), ctx.data, recipe, seed=ctx.seed, decompose_at=at, decompose=decompose,
-                               reconstruct_at=fold, reconstruct=partial(reconstruct_model, input_shape=shape))
+                               reconstruct_at=fold, reconstruct=partial(reconstruct_model, input_shape=shape),
+                               layouts=s.layouts)
         thin = run.snapshot if run.snapshot is not None else run.model
-        step = step_time_ratio(dense.model, thin, ctx.data, recipe.batch_size, seed=ctx.seed)
+        step = step_time_ratio(dense.model, thin, ctx.data, recipe.batch_size, seed=ctx.seed, layouts=s.layouts)
         x, y = eval_arrays(ctx.data)
         accs = {"dense": top1(predict(dense.model, x), y), "final": top1(predict(run.model, x), y)}
-        extra = {**common, **summary(run.plans), **recipe_columns(recipe),
-                 **_timing(run, dense, step, recipe.steps, at, fold),
+        extra = {**common, **summary(run.plans), **recipe_columns(recipe), **step,
+                 **_timing(run, dense, recipe.steps, at, fold, batches_per_pass(ctx.data, recipe)),
                  "decompose_dense_source": dense_source, "decompose_dense_top1": accs["dense"],
                  "decompose_top1": accs["final"],
                  "decompose_top1_vs_dense": None if None in accs.values() else accs["final"] - accs["dense"],
@@ -153,7 +171,7 @@ class Decompose(Method):
                  "decompose_fold_max_rel_err": max(run.fold_errors.values(), default=None)}
         ctx.log(f"  decompose: {extra['decompose_layers']} layers, train {run.train_s:.1f} s vs dense "
                 f"{dense.train_s:.1f} s (x{extra['decompose_train_speedup']:.2f}), step in run x"
-                f"{extra['decompose_step_speedup_phase'] or float('nan'):.2f}, interleaved step x{step[2]:.2f}")
+                f"{extra['decompose_phase_speedup'] or float('nan'):.2f}, interleaved step x{step['decompose_step_speedup']:.2f}")
         deps = [_decomposed(thin, {"decompose_trained_steps": fold or recipe.steps,
                                    "train_s": run.snapshot_train_s or run.train_s}),
                 Deployable(dense.model, "dense-schedule", check_graph=_conv_count,
@@ -165,7 +183,7 @@ class Decompose(Method):
 
 
 def train_decomposed_post(model: nn.Module, ctx: MethodContext, recipe: TrainRecipe,
-                          decompose: partial) -> tuple[RunResult, float | None]:
+                          decompose: partial, channels_last: bool = False) -> tuple[RunResult, float | None]:
     """Post-training mode: decompose the trained ``model`` and fine-tune it with a fresh optimizer;
     returns the run and the top-1 right after decomposition (before fine-tuning)."""
     run = RunResult(model)
@@ -175,30 +193,43 @@ def train_decomposed_post(model: nn.Module, ctx: MethodContext, recipe: TrainRec
     x, y = eval_arrays(ctx.data)
     no_finetune = top1(predict(model, x), y)
     res = fit(model, ctx.data, recipe, seed=ctx.seed, optimizer=make_sgd(model, recipe), desc="decompose post",
-              progress=False)
+              progress=False, channels_last=channels_last)
     run.pass_s, run.phase_s, run.phase_steps = res.pass_s, {"decomposed": res.train_s}, {"decomposed": res.steps}
     run.train_s = run.decomp_s + res.train_s
     model.eval()
     return run, no_finetune
 
 
-def _timing(run: RunResult, dense: RunResult, step: tuple[float, float, float], steps: int, at: int,
-            reconstruct_at: int) -> dict[str, Any]:
+def _timing(run: RunResult, dense: RunResult, steps: int, at: int, reconstruct_at: int,
+            per_epoch: int) -> dict[str, Any]:
     before, after = run.step_s("dense"), run.step_s("decomposed")
     dense_step = dense.step_s("dense")
+    # the dense run of the schedule over the same steps as each phase of this run (same batches)
+    end = reconstruct_at or steps
+    span_before, span_after = dense.span_s(0, at), dense.span_s(at, end)
+    dense_before = span_before / at if span_before is not None else None
+    dense_after = span_after / (end - at) if span_after is not None else None
+
+    def epoch(s: float | None) -> float | None:
+        return s * per_epoch if s is not None else None
+
     return {"decompose_steps": steps, "decompose_at_step": at, "decompose_reconstruct_at_step": reconstruct_at,
             "decompose_train_s": run.train_s, "decompose_decomp_s": run.decomp_s, "decompose_fold_s": run.fold_s,
             "decompose_step_s_before": before, "decompose_step_s_after": after,
             "decompose_step_s_reconstructed": run.step_s("reconstructed"),
             "decompose_step_ratio_in_run": before / after if before and after else None,
             "decompose_dense_train_s": dense.train_s, "decompose_dense_step_s": dense_step,
+            "decompose_dense_step_s_before": dense_before, "decompose_dense_step_s_after": dense_after,
+            "decompose_steps_per_epoch": per_epoch,
+            "decompose_epoch_s_before": epoch(before), "decompose_epoch_s_after": epoch(after),
+            "decompose_dense_epoch_s_before": epoch(dense_before), "decompose_dense_epoch_s_after": epoch(dense_after),
+            # the decomposed phase against the dense run's same steps: issue 14's per-epoch ratio
+            "decompose_phase_speedup": dense_after / after if dense_after and after else None,
             "decompose_train_speedup": dense.train_s / run.train_s,
             # the same ratio with the dense time estimated from this run's own dense steps (phase A):
             # immune to load changes between the cached dense run and this one on a shared machine
             "decompose_train_speedup_in_run": steps * before / run.train_s if before else None,
-            "decompose_step_speedup_phase": dense_step / after if dense_step and after else None,
-            "decompose_step_s_dense": step[0], "decompose_step_s_decomposed": step[1],
-            "decompose_step_speedup": step[2]}
+            "decompose_step_speedup_phase": dense_step / after if dense_step and after else None}
 
 
 # ----------------------------------------------------------------------------------- deployables
