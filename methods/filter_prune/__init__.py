@@ -14,7 +14,7 @@ Latency instead of a ratio (issue 15): ``latency=F`` solves the ratio for F x th
 ``latency_target`` with that target's latency model (``MethodContext.predict_latency``,
 ``harness.latency_budget.solve_knob``) before the fine-tune; the row verifies it by measurement
 (``latency_target_ms``, ``latency_miss``). ``align=8|16|auto`` rounds the chosen widths to a
-multiple of 8 or 16 (``auto``: up or down, where the model predicts the network faster), because
+multiple of 4, 8 or 16 (``auto``: up or down, where the model predicts the network faster), because
 blocked layouts (ORT's NCHWc, OpenVINO's kernels) run a width that is no multiple of their block
 much slower than the next multiple (``benchmarks/width_staircase.py``).
 """
@@ -38,7 +38,10 @@ from methods.pruning.recipe import finetune
 from methods.pruning.scores import batches_knob, collect_scores, criterion_knob
 
 __all__ = ["FilterPrune", "CriterionImportance", "prune_ratio", "prune_to_macs"]
-ALIGN_STEPS = (8, 16)  # align=auto tries these: ORT's NCHWc blocks are 8 (AVX2) or 16 (AVX-512) channels
+# align=auto tries these: on this machine ORT runs a conv whose channel count is a multiple of 4 in its
+# blocked NCHWc layout and any other count 1.2-1.8x slower; OpenVINO's kernels step at 16
+# (benchmarks/width_staircase.py)
+ALIGN_STEPS = (4, 8, 16)
 ALIGN_TIE = 0.02  # candidates predicted within 2% of the fastest count as equally fast: the widest wins
 
 
@@ -61,9 +64,9 @@ class FilterPrune(Method):
                   "solved with the target's latency model before the fine-tune, verified on the row"),
         Knob("latency_target", str, (), default="ort-cpu",
              help="target whose latency model latency=F and align=auto use"),
-        Knob("align", str, (), choices=("none", "auto", "8", "16"), default="none",
-             help="widths rounded to a multiple: 8 or 16 (nearest), or auto: rounded up or down to 8 or "
-                  "16 where latency_target's model predicts the network faster (the widest such)"),
+        Knob("align", str, (), choices=("none", "auto", "4", "8", "16"), default="none",
+             help="widths rounded to a multiple: 4, 8 or 16 (nearest), or auto: rounded up or down to 4, 8 "
+                  "or 16 where latency_target's model predicts the network faster (the widest such)"),
         criterion_knob(crit.FILTER_CHOICES),
         batches_knob(),
     )
