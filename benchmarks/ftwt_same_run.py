@@ -1,6 +1,6 @@
 """Dense vs real-skipping vs masked-dense latency at batch 1, interleaved in ONE process.
 
-    python benchmarks/ftwt_same_run.py SWEEP_OUT_DIR MODEL [--threads 1]
+    python benchmarks/ftwt_same_run.py SWEEP_OUT_DIR MODEL [--threads 2]
 
 Reads the artifacts a sweep wrote (``none`` default, ``ftwt`` default, skip-all and masked; the first of
 each if several budgets were swept, or ``--tag`` to pick one) and the pool of real test inputs, then
@@ -36,7 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("model")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budget", default=None,
                     help="the ftwt row's budget text as in results.csv, e.g. '0.8,decoupled,max,0.5' "
                          "(default: the first ftwt budget of MODEL)")
@@ -63,7 +63,8 @@ def main() -> None:
              "masked": pick("ftwt", "masked")}
     if ((rows.method == "ftwt") & (rows.variant == "skip-all")).any():
         files["skip-all"] = pick("ftwt", "skip-all")  # the engine with every filter selected
-    pool = sorted(glob.glob(str(Path(args.out) / "work" / f"{args.model}-*" / "pool.npy")))[0]
+    pool = sorted(glob.glob(str(Path(args.out) / "artifacts" / "data" / f"{args.model}-*" / "pool.npy")) +
+                  glob.glob(str(Path(args.out) / "work" / f"{args.model}-*" / "pool.npy")))[0]  # before: work/
     xs = [np.ascontiguousarray(x[None]) for x in np.load(pool)[: args.inputs]]
     runners = {}
     for name, stem in files.items():

@@ -18,12 +18,15 @@ from methods.ftwt.gating import GatedUnit
 class FTWTNet(nn.Module):
     """The wrapped model (``net``, its original class with GatedUnits inside) plus its units, in
     forward order, and its cost spec. ``family`` is the registered model family whose wiring was
-    used (the skipping engine picks its network by it)."""
+    used (the skipping engine picks its network by it); ``input_shape`` the (C, H, W) it was
+    wrapped at."""
 
-    def __init__(self, net: nn.Module, family: str, units: list[GatedUnit], spec: CostSpec):
+    def __init__(self, net: nn.Module, family: str, units: list[GatedUnit], spec: CostSpec,
+                 input_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.net = net
         self.family = family
+        self.input_shape = input_shape
         self.__dict__["units"] = units  # plain list: the modules are already registered under net
         self.spec = spec
 
@@ -179,7 +182,7 @@ def wrap(model: nn.Module, input_shape: tuple[int, ...], *, family: str | None, 
     sizes: dict[int, tuple[int, int]] = {}
     hooks = [layer.register_forward_hook(lambda m, i, o, k=id(layer): sizes.__setitem__(k, (o.shape, i[0].shape)))
              for _, layer, _, _ in b.entries]
-    net = FTWTNet(model, family, b.units, CostSpec())
+    net = FTWTNet(model, family, b.units, CostSpec(), tuple(input_shape))
     net.set(gating=False)
     was = model.training
     model.eval()
