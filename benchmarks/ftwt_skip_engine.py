@@ -4,7 +4,7 @@ the issue's goal.
 
     python benchmarks/ftwt_skip_engine.py --out SWEEP_OUT [--models resnet56,vgg16_bn]
         [--budget 0.75,decoupled,max,0.5,gt] [--threads 2] [--inputs 32] [--rounds 5]
-        [--previous a1d1a86] [--kernels]
+        [--previous a1d1a86] [--kernels] [--layers vgg16_bn]
 
 Reads the sweep's artifacts (``none`` default = the dense conv+BN+ReLU network; ``ftwt`` masked =
 the trained, calibrated FTWTNet of ``--budget``) and its pool of real test inputs. Networks timed,
@@ -23,6 +23,9 @@ It prints the per-sample MACs reduction of the masked network on the pool (``mea
 largest |skip - masked| / max(1, max |masked|) over the timed inputs, p50 over all timings and
 dense p50 / p50, and for resnet56 / vgg16_bn the goal (issue 14: >= 1.4x at >= 50 % reduction,
 >= 2.0x at >= 60 %, at 2 threads) with met / MISSED.
+
+``--layers vgg16_bn`` prints instead where a VGG plan's time goes, layer by layer (predictor, weight
+gather, conv, pools, against the baseline's conv+BN+ReLU).
 
 ``--kernels`` first prints the batch-1 conv kernel table behind ``skip._conv_single`` (THNN,
 mkldnn NCHW / channels-last, im2col by one gather + mm, nine shifted mm, NNPACK; 1 and 2 threads)
@@ -152,6 +155,71 @@ def networks(args) -> None:
                   f"-> {'met' if ok else 'MISSED'}")
 
 
+def layers(args) -> None:
+    """Per-layer time of a VGG plan, step by step in Python (predictor, weight gather, conv,
+    pools), beside the baseline's conv+BN+ReLU per layer: where skipping pays and where not."""
+    dense, masked, budget, pool = _load(Path(args.out), args.layers, args.budget)
+    if masked.family != "vgg_cifar":
+        raise SystemExit("--layers times VGG (a chain of convs) only")
+    sk = skip.build_skip(masked, input_shape=tuple(pool.shape[1:]))
+    w_all, b_all, pw, _, npb, idx, convs = sk._args()[:7]
+    xs = [pool[i:i + 1] for i in range(12)]
+    t: dict[str, list] = {}
+
+    def tick(key, t0, value=None):
+        t.setdefault(key, []).append(time.perf_counter() - t0 if value is None else value)
+
+    with torch.inference_mode():
+        for _ in range(4):
+            for x in xs:
+                live = None
+                for j, d in enumerate(convs):
+                    t0 = time.perf_counter()
+                    e = x.amax(dim=(2, 3))
+                    if live is not None:
+                        e = torch.zeros(1, d.c_in).index_copy_(1, live, e)
+                    sel = torch.mm(torch.softmax(e, dim=1), pw[j]).gt_(npb[j]).view(-1).nonzero().view(-1)
+                    b = b_all[j].index_select(0, sel)
+                    tick((j, "predictor"), t0)
+                    t0 = time.perf_counter()
+                    if live is None:
+                        w = w_all[j].index_select(0, sel)
+                    elif d.flat:
+                        rows = (sel * d.c_in).view(-1, 1).add(live).view(-1)
+                        w = w_all[j].view(-1, 9).index_select(0, rows).view(sel.shape[0], live.shape[0], 3, 3)
+                    else:
+                        w = w_all[j].index_select(0, sel).index_select(1, live)
+                    tick((j, "gather"), t0)
+                    tick((j, "kept"), 0, (x.shape[1], sel.shape[0]))
+                    t0 = time.perf_counter()
+                    y = torch.relu_(skip._conv_single(x, w, b, d, idx[j]))
+                    tick((j, "conv"), t0)
+                    t0 = time.perf_counter()
+                    x, live = skip._post(y, d.post), sel
+                    tick((j, "pools"), t0)
+            for x in xs:
+                feats, i, j = dense.features, 0, 0
+                while i < len(feats):
+                    t0 = time.perf_counter()
+                    if isinstance(feats[i], torch.nn.Conv2d):
+                        x = feats[i + 2](feats[i + 1](feats[i](x)))
+                        tick((j, "dense"), t0)
+                        i, j = i + 3, j + 1
+                    else:
+                        x = feats[i](x)
+                        tick((j - 1, "dense pool"), t0)
+                        i += 1
+    print(f"\n{args.layers} (ftwt {budget}), per layer, us (median over 12 inputs x 4)")
+    print("  layer  in->out (dense)  kept in/out  predictor  gather    conv   pools |   dense  dense pool")
+    med = lambda j, k: float(np.median(t[(j, k)])) * 1e6 if (j, k) in t else 0.0  # noqa: E731
+    for j, d in enumerate(convs):
+        kin, kout = np.mean([a for a, _ in t[(j, "kept")]]), np.mean([o for _, o in t[(j, "kept")]])
+        co = w_all[j].shape[0]
+        print(f"  {j:5d}  {d.c_in:3d}->{co:3d} @{d.in_h:2d}  {kin:5.0f}/{kout:<5.0f}  {med(j, 'predictor'):9.1f} "
+              f"{med(j, 'gather'):7.1f} {med(j, 'conv'):7.1f} {med(j, 'pools'):7.1f} | {med(j, 'dense'):7.1f} "
+              f"{med(j, 'dense pool'):10.1f}")
+
+
 # ---------------------------------------------------------------------------------- kernel tables
 def _t(fn, n: int = 200) -> float:
     for _ in range(10):
@@ -235,10 +303,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--previous", default="a1d1a86", help="git revision of the previous engine")
     ap.add_argument("--kernels", action="store_true", help="print the kernel and gather tables first")
+    ap.add_argument("--layers", default=None, metavar="MODEL",
+                    help="only the per-layer table of MODEL (a VGG): predictor, gather, conv vs dense")
     args = ap.parse_args()
     if args.kernels:
         kernels()
     torch.set_num_threads(args.threads)
+    if args.layers:
+        layers(args)
+        return
     networks(args)
 
 
