@@ -178,17 +178,27 @@ def test_mape_and_share_within_ten_percent():
     assert all(np.isnan(v) for v in ra.mape([], []))
 
 
-def test_prediction_error_per_target_on_trusted_timings_only():
+def test_prediction_error_per_target_over_all_rows_trusted_timings_and_speedups():
     rows = [_row("none", 2.0, 400, 98.0, p50_predicted_ms=2.2),
-            _row("x", 1.0, 100, 97.0, p50_predicted_ms=1.0),
-            _row("y", 1.0, 100, 97.0, p50_predicted_ms=3.0, timing_ok=False),  # suspect: not in the error
+            _row("x", 1.0, 100, 97.0, p50_predicted_ms=1.0, speedup_predicted=2.0),
+            _row("y", 1.0, 100, 97.0, p50_predicted_ms=3.0, timing_ok=False, speedup_predicted=2.0),  # suspect
+            _row("z", 1.0, 100, 97.0, p50_predicted_ms=1.2, speedup_predicted=3.0, ratio_ok=True, speedup_interleaved=2.5),
             _row("x", 1.0, 100, 97.0, target="ov-cpu", scenario="Offline", p50_predicted_ms=1.5),
-            _row("x", 1.0, 100, 97.0, target="ov-cpu", p50_predicted_ms=None)]
+            _row("x", 1.0, 100, 97.0, target="ov-cpu", p50_predicted_ms=None),
+            _row("x", 1.0, 100, 97.0, target="tvm-cpu", p50_predicted_ms=1.1),
+            _row("x", 2.0, 100, 97.0, target="tvm-cpu", scenario="Offline", p50_predicted_ms=2.0)]
     err = ra.prediction_error(derive(rows)).set_index(["target", "scenario"])
-    assert err.loc[("ort-cpu", "SingleStream")][["rows", "trusted", "mape_pct", "within_10_pct"]].tolist() == \
-        pytest.approx([3, 2, 5.0, 100.0])
+    ort = err.loc[("ort-cpu", "SingleStream")]
+    assert ort[["rows", "mape_pct", "within_10_pct"]].tolist() == pytest.approx([4, (10 + 0 + 200 + 20) / 4, 50.0])
+    assert ort[["trusted", "mape_trusted_pct", "within_10_trusted_pct"]].tolist() == \
+        pytest.approx([3, (10 + 0 + 20) / 3, 200 / 3])
+    # speed-ups: x 2.0 vs 2.0, z 3.0 vs its paired 2.5; y's speed-up is withheld (suspect, no paired ratio)
+    assert ort[["speedup_rows", "mape_speedup_pct", "within_10_speedup_pct"]].tolist() == pytest.approx([2, 10.0, 50.0])
     assert err.loc[("ov-cpu", "Offline"), "mape_pct"] == pytest.approx(50.0)
     assert ("ov-cpu", "SingleStream") not in err.index  # its row has no prediction
+    # a target predicted in two scenarios gets a line over both
+    assert err.loc[("tvm-cpu", "all")][["rows", "mape_pct"]].tolist() == pytest.approx([2, 5.0])
+    assert ("ort-cpu", "all") not in err.index and ("ov-cpu", "all") not in err.index
 
 
 def _sweep_rows():
@@ -245,3 +255,16 @@ def test_report_is_rebuilt_byte_for_byte(tmp_path):
     assert (tmp_path / "a" / "report.md").read_text() == (tmp_path / "b" / "report.md").read_text()
     for png in (tmp_path / "a" / "figures").iterdir():
         assert png.read_bytes() == (tmp_path / "b" / "figures" / png.name).read_bytes()
+
+
+def test_report_md_survives_rows_with_nothing_to_compare(tmp_path):
+    emulated = [{**r, "emulated": True, "p50_predicted_ms": 1.0} for r in _sweep_rows()]
+    md = publish(tmp_path, emulated)["report"].read_text()
+    assert "no compressed row to compare" in md and "No prediction on an ok row" in md
+    assert "emulated board (its latency means nothing)" in md
+    synthetic = [{**r, "top1": None, "synthetic": True} for r in _sweep_rows()]
+    assert "no accuracy (synthetic inputs)" in publish(tmp_path, synthetic)["report"].read_text()
+    comp, left_out = ra.comparable(derive(synthetic), accuracy=False)  # the speed-up figure needs no accuracy
+    assert len(comp) == 5 and left_out == {"suspect timing or speed-up (withheld)": 1}
+    failed = [{**r, "status": "error", "error": "boom"} for r in _sweep_rows()]
+    assert "Not measured: dense on ort-cpu: error: boom" in publish(tmp_path, failed)["report"].read_text()

@@ -103,12 +103,12 @@ def short_names(df: pd.DataFrame) -> pd.Series:
 
 
 # ------------------------------------------------------------------------- latency against dense
-def comparable(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+def comparable(df: pd.DataFrame, accuracy: bool = True) -> tuple[pd.DataFrame, dict[str, int]]:
     """The ok rows that may stand on a latency axis, with ``rel_latency`` = p50 / dense p50 =
     1 / speedup (the paired speed-up, so a change of the machine's speed during the cell
     cancels), and the count of ok rows left out per reason: the speed-up withheld (suspect
     timing, or paired ratios that disagree: ``ratio_trusted``), an emulated board, no dense
-    reference, no accuracy."""
+    reference, and with ``accuracy`` no top-1 (synthetic inputs)."""
     ok = df[df["status"] == "ok"].copy()
     # the dense row is 1.0x itself by definition: a suspect absolute timing of its own does not
     # move it on an axis of p50 / dense p50 (the other rows' ratios come from their own pairs)
@@ -121,10 +121,10 @@ def comparable(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
         "emulated board (its latency means nothing)": emu,
         "suspect timing or speed-up (withheld)": ~emu & ~trusted,
         "no dense reference to compare with": ~emu & trusted & speedup.isna(),
-        "no accuracy (synthetic inputs)": ~emu & trusted & speedup.notna() & top1.isna(),
+        "no accuracy (synthetic inputs)": ~emu & trusted & speedup.notna() & top1.isna() & accuracy,
     }
     left_out = {why: int(mask.sum()) for why, mask in reasons.items() if mask.any()}
-    keep = ok[~emu & trusted & speedup.notna() & top1.notna() & (speedup > 0)].copy()
+    keep = ok[~emu & trusted & speedup.notna() & (top1.notna() | (not accuracy)) & (speedup > 0)].copy()
     keep["rel_latency"] = 1.0 / _num(keep, "speedup")
     return keep, left_out
 
@@ -190,22 +190,39 @@ def mape(measured: Any, predicted: Any) -> tuple[float, float]:
     return float(ape.mean() * 100), float((ape <= 0.10 + 1e-12).mean() * 100)  # 2.2 vs 2.0 is within
 
 
+def _speedup_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """Compressed ok rows, not emulated, with a published (not withheld) speed-up and a predicted one."""
+    pred = _num(df, "speedup_predicted")
+    sel = (df["status"] == "ok") & ~emulated(df) & (df["method"] != "none") & _num(df, "speedup").notna() & (pred > 0)
+    return df[sel]
+
+
+ERROR_COLUMNS = ["target", "scenario", "rows", "mape_pct", "within_10_pct", "trusted", "mape_trusted_pct",
+                 "within_10_trusted_pct", "speedup_rows", "mape_speedup_pct", "within_10_speedup_pct"]
+
+
 def prediction_error(df: pd.DataFrame) -> pd.DataFrame:
     """Per target and scenario, then per target over all its scenarios ("all", where it has more
-    than one): rows with a prediction, those whose timing is trusted (the error is computed on
-    these), their MAPE (%) and share within 10% (%)."""
-    rows = predicted_rows(df)
-    out = []
+    than one): the error |predicted / measured - 1| of ``p50_predicted_ms`` as MAPE (%) and share
+    within 10% (%) over every row with a prediction (``rows``), then over the rows whose timing is
+    trusted (``trusted``: a suspect p50 measures the machine, not the model), and of
+    ``speedup_predicted`` against the row's paired speed-up (``speedup_rows``: compressed rows
+    whose speed-up is not withheld; a change of the machine's speed does not move it). The same
+    error as ``latency_model.prediction_error``, computed here so the report needs no torch."""
+    rows, pairs = predicted_rows(df), _speedup_pairs(df)
 
-    def line(target: str, scenario: str, part: pd.DataFrame) -> dict[str, Any]:
+    def line(target: str, scenario: str, part: pd.DataFrame, sp: pd.DataFrame) -> dict[str, Any]:
         good = part[part["timing_trusted"]]
-        err, within = mape(good["p50_ms"].astype(float), good[PREDICTED].astype(float))
-        return {"target": target, "scenario": scenario, "rows": len(part), "trusted": len(good),
-                "mape_pct": err, "within_10_pct": within}
+        return dict(zip(ERROR_COLUMNS, [
+            target, scenario, len(part), *mape(part["p50_ms"].astype(float), part[PREDICTED].astype(float)),
+            len(good), *mape(good["p50_ms"].astype(float), good[PREDICTED].astype(float)),
+            len(sp), *mape(_num(sp, "speedup"), _num(sp, "speedup_predicted"))]))
 
+    out = []
     for target, tpart in rows.groupby("target", sort=True):
+        tpairs = pairs[pairs["target"] == target]
         scenarios = sorted(tpart["scenario"].unique())
-        out += [line(target, s, tpart[tpart["scenario"] == s]) for s in scenarios]
+        out += [line(target, s, tpart[tpart["scenario"] == s], tpairs[tpairs["scenario"] == s]) for s in scenarios]
         if len(scenarios) > 1:
-            out.append(line(target, "all", tpart))
-    return pd.DataFrame(out, columns=["target", "scenario", "rows", "trusted", "mape_pct", "within_10_pct"])
+            out.append(line(target, "all", tpart, tpairs))
+    return pd.DataFrame(out, columns=ERROR_COLUMNS)

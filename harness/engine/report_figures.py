@@ -120,10 +120,12 @@ def _limits(values: pd.Series) -> tuple[float, float]:
     return min(v) / 1.2, max(v) * 1.2
 
 
-def speedup_figure(rows: pd.DataFrame, colours: dict[str, tuple], names: pd.Series, path: Path) -> None:
+def speedup_figure(rows: pd.DataFrame, colours: dict[str, tuple], names: pd.Series, notes: dict[str, str],
+                   path: Path) -> None:
     """Measured speed-up against MACs ratio (``comparable`` rows of one model), one point per row,
     one panel per target, marker per scenario; the diagonal (the speed-up the MACs promise) and
-    the line of no speed-up drawn, the compressed-but-not-faster rows numbered and named."""
+    the line of no speed-up drawn, the compressed-but-not-faster rows numbered and named;
+    ``notes[target]`` (rows left out) under the panel's title."""
     targets = sorted(rows["target"].unique()) or ["(none)"]
     slow_mask = (rows["macs_ratio"].astype(float) > 1.05) & (rows["speedup"].astype(float) < 1.0)
     longest = max([int(slow_mask[rows["target"] == t].sum()) for t in targets] + [0])
@@ -145,7 +147,7 @@ def speedup_figure(rows: pd.DataFrame, colours: dict[str, tuple], names: pd.Seri
         ax.set(xscale="log", yscale="log", xlim=(xlo, xhi), ylim=(ylo, yhi))
         _ratio_axis(ax.xaxis, xlo, xhi)  # after set_xscale, which resets the formatter
         _ratio_axis(ax.yaxis, ylo, yhi)
-        ax.set_title(target, fontsize=9)
+        ax.set_title(f"{target}\n{notes.get(target, '')}".strip(), fontsize=9)
         ax.set_xlabel("MACs ratio (dense MACs / MACs)", fontsize=8)
         ax.set_ylabel("measured speed-up (dense p50 / p50)", fontsize=8)
         ax.grid(alpha=0.25, which="both")

@@ -62,9 +62,10 @@ def _dense_note(part: pd.DataFrame) -> str:
 
 def _winner_cell(best: pd.Series | None, rows: pd.DataFrame, names: pd.Series) -> str:
     if best is None:
-        if rows.empty:
-            return "no row"
-        fastest = rows.sort_values("rel_latency", kind="stable").iloc[0]
+        compressed = rows[rows["method"] != "none"]
+        if compressed.empty:
+            return "no compressed row to compare"
+        fastest = compressed.sort_values("rel_latency", kind="stable").iloc[0]
         return f"none (fastest: {names[fastest.name]}, {fastest['rel_latency']:.2f}x)"
     drop = float(best["top1_drop"]) if pd.notna(best.get("top1_drop")) else float("nan")
     vs = "" if np.isnan(drop) else (" (same)" if abs(drop) < 0.005 else f" ({-drop:+.2f})")
@@ -138,14 +139,25 @@ def _tables(part: pd.DataFrame) -> list[str]:
 def _prediction_section(part: pd.DataFrame, colours: dict, fig_dir: Path, stem: str) -> tuple[list[str], list[Path]]:
     if not ra.has_predictions(part):
         return ["No predictions in these rows (no `p50_predicted_ms`).", ""], []
+    if ra.predicted_rows(part).empty:
+        return ["No prediction on an ok row with a measured p50 (not emulated).", ""], []
     err = ra.prediction_error(part)
-    table = pd.DataFrame({"target": err["target"], "scenario": err["scenario"], "rows": err["rows"],
-                          "trusted timing": err["trusted"], "MAPE": [_pct(v) for v in err["mape_pct"]],
-                          "within 10%": [_pct(v) for v in err["within_10_pct"]]})
+    table = pd.DataFrame({
+        "target": err["target"], "scenario": err["scenario"], "rows": err["rows"],
+        "p50 MAPE": [_pct(v) for v in err["mape_pct"]], "within 10%": [_pct(v) for v in err["within_10_pct"]],
+        "trusted timing": err["trusted"], "p50 MAPE, trusted": [_pct(v) for v in err["mape_trusted_pct"]],
+        "within 10%, trusted": [_pct(v) for v in err["within_10_trusted_pct"]],
+        "speed-up rows": err["speedup_rows"], "speed-up MAPE": [_pct(v) for v in err["mape_speedup_pct"]],
+        "within 10%, speed-up": [_pct(v) for v in err["within_10_speedup_pct"]]})
     path = fig_dir / f"{stem}-predicted.png"
     rf.predicted_figure(ra.predicted_rows(part), colours, path)
-    lines = ["Error of `p50_predicted_ms` against the measured p50, on rows whose timing is trusted "
-             "(timing_ok not False):", "", table.to_markdown(index=False), "",
+    lines = ["The error |predicted / measured - 1| of `p50_predicted_ms` against the measured p50, as MAPE and "
+             "the share of rows within 10%: over every row with a prediction, then over the rows whose timing is "
+             "trusted (timing_ok not False: a suspect p50 measures the machine, not the model); and of "
+             "`speedup_predicted` against the row's paired speed-up (compressed rows whose speed-up is not "
+             "withheld), which a change of the machine's speed between the latency model's table and the row "
+             "does not move. A sweep predicts each row held out: the latency model is fitted without the row's own "
+             "network (`p50_predicted_note` in the CSV says what the prediction rests on).", "", table.to_markdown(index=False), "",
              f"![predicted vs measured p50]({FIGURES_DIR}/{path.name})", ""]
     return lines, [path]
 
@@ -175,11 +187,14 @@ def _model_section(part: pd.DataFrame, colours: dict, fig_dir: Path) -> tuple[li
               "(log scale); the Pareto front dashed, its points numbered and named under the panel.", ""]
     lines += [line for f in figs for line in (f, "")]
     path = fig_dir / f"{stem}-speedup.png"
-    rf.speedup_figure(rows, colours, names, path)
+    left = {t: sum(ra.comparable(tp, accuracy=False)[1].values()) for t, tp in part.groupby("target", sort=True)}
+    rf.speedup_figure(ra.comparable(part, accuracy=False)[0], colours, names,
+                      {t: f"left out: {n} row(s)" for t, n in left.items() if n}, path)
     written.append(path)
     lines += ["### Realised vs theoretical speed-up", "", "One point per row: the speed-up its MACs promise (x) "
               "against the one measured (y). On the dashed diagonal the MACs are realised; under the dotted "
-              "line (shaded) the row is slower than dense.", "", f"![realised vs theoretical]({FIGURES_DIR}/{path.name})", ""]
+              "line (shaded) the row is slower than dense; rows with fewer MACs that are slower are numbered "
+              "and named under the panel.", "", f"![realised vs theoretical]({FIGURES_DIR}/{path.name})", ""]
     pred_lines, pred_paths = _prediction_section(part, colours, fig_dir, stem)
     lines += ["### Predicted vs measured latency", "", *pred_lines]
     written += pred_paths
