@@ -160,7 +160,7 @@ def _legend_below(fig: plt.Figure, rows: pd.DataFrame, colours: dict[str, tuple]
     """One legend for the figure: methods by colour, scenarios by marker."""
     handles = [plt.Line2D([], [], ls="", marker="o", color=colours[m], label="dense" if m == "none" else m)
                for m in sorted(rows["method"].unique())]
-    handles += [plt.Line2D([], [], ls="", marker=SCENARIO_MARKERS.get(s, "^"), color="0.3", mfc="none", label=s)
+    handles += [plt.Line2D([], [], ls="", marker=SCENARIO_MARKERS.get(s, "^"), color="0.45", label=s)
                 for s in sorted(rows["scenario"].unique())]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7, frameon=False)
@@ -180,7 +180,7 @@ def predicted_figure(rows: pd.DataFrame, colours: dict[str, tuple], path: Path) 
     a +-10% band), below the error in % of the measured p50 against it (the band again), where
     errors of a few percent are visible at every latency."""
     targets = sorted(rows["target"].unique()) or ["(none)"]
-    fig, axes = plt.subplots(2, len(targets), figsize=(5.2 * len(targets), 8.4), squeeze=False,
+    fig, axes = plt.subplots(2, len(targets), figsize=(5.2 * len(targets), 8.4), squeeze=False, sharex="col",
                              gridspec_kw={"height_ratios": (3, 2)})
     err = rows["pred_error"].astype(float) * 100
     elim = max(15.0, float(err.abs().max()) * 1.15) if len(err) else 15.0
@@ -203,7 +203,6 @@ def predicted_figure(rows: pd.DataFrame, colours: dict[str, tuple], path: Path) 
         bottom.set(xscale="log", xlim=(lo, hi), ylim=(-elim, elim))
         for axis in (top.xaxis, top.yaxis, bottom.xaxis):
             _ms_axis(axis)
-        top.set_aspect("equal")
         top.set_title(f"{target} (hollow: suspect timing)", fontsize=9)
         top.set_ylabel("predicted p50 (ms)", fontsize=8)
         bottom.set_xlabel("measured p50 (ms)", fontsize=8)
