@@ -276,7 +276,8 @@ def kernels() -> None:
                      "9-shifted-mm": _t(lambda: _shifted_mm(x, w9, b))}
                 if torch._nnpack_available():
                     r["NNPACK"] = _t(lambda: torch._nnpack_spatial_convolution(x, w, b, [1, 1], [1, 1]))
-            print(f"  {threads} thr {ci:3d}->{co:3d} @ {hw:2d}x{hw:<2d} " + "  ".join(f"{k} {v:6.1f}" for k, v in r.items()))
+            cells = "  ".join(f"{k} {v:6.1f}" for k, v in r.items())
+            print(f"  {threads} thr {ci:3d}->{co:3d} @ {hw:2d}x{hw:<2d} {cells}")
     print("weight gathers W[sel][:, live], us")
     for threads in (2, 1):
         torch.set_num_threads(threads)

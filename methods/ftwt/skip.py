@@ -92,8 +92,8 @@ class BlockSpec(NamedTuple):
 
 _SMALL_HW = 4  # output pixels at or below which the transposed im2col GEMM is used
 # C_in * C_out from which the weight slice is gathered by one flat index_select: measured (2
-# threads, us; two index_selects / one flat): 16x16 3.3 / 5.9, 64x64 9.2 / 11.5, 256x256 (150 of
-# each) 117 / 51, 512x512 (300 of each) 589 / 267. The dim-1 index_select copies one slice per
+# threads, us; two index_selects / one flat; --kernels): 16x16 3.0 / 5.0, 64x64 8.1 / 9.9,
+# 512x512 with 150 of each 231 / 55, with 300 of each 564 / 235. The dim-1 index_select copies one slice per
 # live channel; the flat one copies k*k floats per (filter, channel) pair.
 _FLAT_GATHER = 128 * 128
 
@@ -108,25 +108,29 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
 
 
 # ------------------------------------------------------------------------------------ the kernels
-# Batch-1 conv kernels, measured on the project machine (2 threads, us, median of 7 x 300 calls;
-# THNN = PyTorch's batch-1 default, im2col + GEMM):
+# Batch-1 conv kernels, measured on the project machine (2 threads, us, median of 7 x 200 calls;
+# THNN = PyTorch's batch-1 default, im2col + GEMM; ``benchmarks/ftwt_skip_engine.py --kernels``):
 #
 #   shape (C_in->C_out @ HxW)   THNN   mkldnn NCHW / NHWC   im2col (one gather) + mm   9 shifted mm   NNPACK
-#   12->10 @ 32x32              36     73 / 57              103                        70             81-94
-#   25->20 @ 16x16              33     86 / 62              58                         66             84
-#   51->41 @ 8x8                31     76 / 73              46                         70             165
-#   154->154 @ 8x8              158    183 / 255            192                        209
-#   307->307 @ 4x4              243    349 / 641            263                        276
+#   12->10 @ 32x32              40     75 / 58              144                        76             83
+#   25->20 @ 16x16              39     92 / 65              105                        73             68
+#   51->41 @ 8x8                33     78 / 72              89                         75             224
+#   38->38 @ 32x32              180    273 / 166            411                        202            289
+#   154->154 @ 8x8              161    184 / 257            232                        213            1305
+#   307->307 @ 4x4              251    345 / 953            345                        292            5462
 #
-# - THNN is the fastest kernel at every shape the networks run. NNPACK, which this engine used for
-#   32x32 and 16x16 maps at one thread on the previous (AMD) machine, is 2-5x slower than THNN on
-#   this Xeon at either thread count. ``thnn_conv2d`` is called directly: ``F.conv2d`` first walks
+# - THNN is the fastest kernel at the shapes the networks run (mkldnn channels-last wins 8% at
+#   38->38 @ 32x32 before its layout conversions are counted). NNPACK, which this engine used for
+#   32x32 and 16x16 maps at one thread on the previous (AMD) machine, is 1.7-22x slower than
+#   THNN on this Xeon at either thread count. ``thnn_conv2d`` is called directly: ``F.conv2d`` first walks
 #   convolution -> _convolution -> backend selection (~3 us a call).
-# - THNN at 2 threads is 1.2-1.5x faster than at 1 thread on these shapes (36 vs 44, 33 vs 43,
-#   31 vs 46 us), so every conv runs at the caller's thread count.
+# - THNN at 2 threads is 1.1-1.6x faster than at 1 thread on these shapes (40 vs 44, 39 vs 44,
+#   33 vs 50 us), so every conv runs at the caller's thread count.
 # - At 2x2 THNN's GEMM has N = H*W = 4 columns, a shape MKL handles badly; the same product
-#   transposed (N = C_out) is ~5x faster, so tiny maps use an explicit im2col (one gather from a
-#   padded copy, index precomputed for the layer's input size) and ``addmm(b, cols^T, W^T)``.
+#   transposed (N = C_out) is ~5x faster (measured on the previous machine; here vgg16_bn's 2x2
+#   layers' convs take 139-177 us against 640-658 us dense, ``--layers vgg16_bn``), so tiny maps
+#   use an explicit im2col (one gather from a padded copy, index precomputed for the layer's
+#   input size) and ``addmm(b, cols^T, W^T)``.
 # - A stride-1 1x1 conv is one ``addmm`` on the (C, H*W) view.
 def _conv_single(x: Tensor, w: Tensor, b: Tensor, d: ConvSpec, idx: Tensor) -> Tensor:
     """One conv at batch 1 on the kernel chosen for its layer; exactly the gathered filters on
