@@ -67,6 +67,15 @@ def test_sweep_end_to_end(tmp_path, cpu_targets):
     assert (df.loc[df["scenario"] == "Offline", "batch"] == 16).all()
     assert (df["p50_ms"] > 0).all() and (df["n"] >= FAST_TIMING.min_n).all()
     assert df["git_rev"].notna().all() and df["cpu"].notna().all()
+    # the latency model: SingleStream cells of default targets time its probes (the dense network
+    # is measured whole); Offline rows and opt-in targets (tvm-cpu) say why they have no prediction
+    from targets import get_target
+
+    auto = (df["scenario"] == "SingleStream") & ~df["target"].map(lambda t: bool(get_target(t).opt_in))
+    assert auto.any()
+    assert (df.loc[auto, "p50_predicted_ms"] > 0).all() and (df.loc[auto, "speedup_predicted"] == 1).all()
+    assert df.loc[~auto, "p50_predicted_ms"].isna().all()
+    assert df.loc[~auto, "p50_predicted_note"].str.contains("latency model").all()
     md = (cfg.out / "results.md").read_text()
     assert "## resnet20 on digits, SingleStream" in md and "## resnet20 on digits, Offline" in md
     assert "multiply-accumulates" in md and "nearest rank" in md
