@@ -215,6 +215,39 @@ def test_apply_trains_and_reports(monkeypatch, tmp_path):
     assert (extra["finetune_steps"], extra["finetune_batch"]) == (4, 8)
 
 
+def test_latency_budget_solves_r_with_measured_probes(monkeypatch, tmp_path):
+    """ftwt:latency=F picks r before training from probes of calibrated networks measured on the
+    target; here the 'measurement' is the probe's kept-MACs fraction (no timing in unit tests), so
+    the solved r must give about F of the dense MACs, and the row carries the budget's columns."""
+    monkeypatch.setattr(ftwt_method, "recipe_for", lambda ctx: TrainRecipe(steps=2, lr=0.01, batch_size=8))
+    monkeypatch.setattr(ftwt_method, "build_skip", lambda net, select_all=False: net)  # probe = masked net
+    torch.manual_seed(0)
+    data = load_data("synthetic:64", input_size=32)
+    x = torch.randn(16, 3, 32, 32)
+    seen = []
+
+    def fake_measure(net, target):
+        seen.append(target)
+        return float(measure_macs(net, x).mean() / net.spec.dense_macs())
+
+    ctx = MethodContext(model_name="resnet20", model=CifarResNet(20), data=data, recipe=None, seed=0,
+                        workdir=tmp_path, preset="quick", log=lambda m: None, measure_latency=fake_measure)
+    method = get_method("ftwt")
+    with pytest.raises(Exception, match="latency_target needs latency"):
+        method.validate({"latency_target": "torch-eager"})
+    out = method.apply(ctx, method.settings({"latency": 0.7}))
+    variants = {d.variant: d.extra for d in out.deployables}
+    assert all("latency_budget" not in variants[v] for v in ("skip-all", "masked"))  # the budget is the skipping net's
+    extra = variants["default"]
+    assert seen and set(seen) == {"torch-eager"} and extra["latency_solver_evaluations"] == len(seen)
+    assert (extra["latency_budget"], extra["latency_budget_target"]) == (0.7, "torch-eager")
+    assert abs(extra["latency_predicted_frac"] - 0.7) < 0.07 and 0.5 <= extra["ftwt_r"] < 1.0
+    no_probe = MethodContext(model_name="resnet20", model=CifarResNet(20), data=data, recipe=None, seed=0,
+                             workdir=tmp_path, preset="quick", log=lambda m: None)
+    with pytest.raises(Exception, match="needs measured probes"):
+        method.apply(no_probe, method.settings({"latency": 0.7}))
+
+
 def test_wiring_comes_from_the_registered_family():
     """The context gives the family from the model registry; a family without wiring is a
     one-line UserError, never a guess from module names."""

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from harness.data import eval_arrays, make_loader
+from harness.errors import UserError
+from harness.latency_budget import Solution, solve_knob
 from harness.train import PAPER_CIFAR_STEPS, TrainRecipe, fit
 from methods.base import Compressed, Deployable, Knob, Method, MethodContext, content_digest
 from methods.ftwt.calibration import calibrate, keep_rates
@@ -88,13 +90,21 @@ class FTWT(Method):
     report_columns = ("ftwt_r", "ftwt_calibrate", "finetune_steps", "ftwt_kept_frac", "ftwt_gt_kept_frac",
                       "ftwt_est_reduction", "ftwt_achieved_reduction", "ftwt_est_gap_points",
                       "ftwt_macs_p10", "ftwt_macs_p50", "ftwt_macs_p90", "ftwt_predictor_macs",
-                      "ftwt_execution", "ftwt_batch_policy", "ftwt_onnx_gather_nodes")
+                      "ftwt_execution", "ftwt_batch_policy", "ftwt_onnx_gather_nodes",
+                      "latency_budget", "latency_budget_target", "latency_predicted_frac")
     knobs = (
         Knob("r", float, (0.8, 0.88, 0.92, 0.97, 1.0), 0.05, 1.0, quick_sweep=(0.88,),
              help="kept heatmap mass per layer (the ground truth's threshold, --mthresh)"),
         Knob("macs", float, (), 0.05, 1.0,
              help="target MACs ratio (kept/dense); r is picked from the MACs(r) curve estimated on "
                   "the baseline before training"),
+        Knob("latency", float, (), 0.05, 1.0,
+             help="target p50 as a fraction of the dense p50 on latency_target; r is solved before "
+                  "training with measured probes of the skipping network (predictors calibrated to "
+                  "the ground truth's keep rate at each r), verified on the row"),
+        Knob("latency_target", str, (), choices=("torch-eager",), default="torch-eager",
+             help="target the latency budget is measured on: the real-skipping network runs on "
+                  "torch-eager (ONNX targets run the in-graph selection, slower than dense)"),
         Knob("mode", str, ("decoupled",), choices=("decoupled", "joint"), default="decoupled",
              help="decoupled: predictors see a detached input; joint: the mask loss trains the backbone too"),
         Knob("pool", str, ("max",), choices=("max", "avg"), default="max",
@@ -106,7 +116,11 @@ class FTWT(Method):
                   "filters on average as the ground truth (our addition); off: the paper's "
                   "sigmoid > 0.5"),
     )
-    exclusive = (("r", "macs"),)
+    exclusive = (("r", "macs", "latency"),)
+
+    def validate(self, values: Mapping[str, Any]) -> None:
+        if "latency_target" in values and "latency" not in values:
+            raise UserError("knob latency_target needs latency=F")
 
     def apply(self, ctx: MethodContext, knobs: Mapping[str, Any]) -> Compressed:
         mode, pool, cooldown = knobs["mode"], knobs["pool"], float(knobs["cooldown"])
@@ -119,7 +133,16 @@ class FTWT(Method):
         n_est = 64 if ctx.structure_only else ESTIMATE_SAMPLES
         images = _train_images(ctx, n_est)  # also the calibration set (no augmentation)
         curve = estimate_curve(net, images, R_GRID)
-        r = float(knobs["r"]) if "r" in knobs else r_for_macs(R_GRID, curve, float(knobs["macs"]))
+        hw = ctx.data.input_shape[-1] * ctx.data.input_shape[-2]
+        calib_n = ESTIMATE_SAMPLES if hw <= 64 * 64 else CALIBRATE_SAMPLES_LARGE
+        budget: dict[str, Any] = {}
+        if "latency" in knobs:
+            sol = _solve_latency(ctx, baseline, images[:calib_n], float(knobs["latency"]), knobs)
+            r, budget = sol.value, sol.columns(knobs["latency_target"])
+        elif "macs" in knobs:
+            r = r_for_macs(R_GRID, curve, float(knobs["macs"]))
+        else:
+            r = float(knobs["r"])
         est_ratio = float(np.interp(r, R_GRID, curve))
         ctx.log(f"  ftwt: r={r:.4f}, estimated MACs ratio {est_ratio:.3f} before training")
         net.set(r=r)
@@ -127,8 +150,6 @@ class FTWT(Method):
         if not ctx.structure_only:
             # calibration runs the whole set as one batch: 1,024 CIFAR-size images take well
             # under 1 GB; ImageNet-size inputs are capped so the widest activation stays ~1 GB
-            hw = ctx.data.input_shape[-1] * ctx.data.input_shape[-2]
-            calib_n = ESTIMATE_SAMPLES if hw <= 64 * 64 else CALIBRATE_SAMPLES_LARGE
             calib_images = images[:calib_n] if knobs["calibrate"] == "gt" else None
             train_s = _train(net, ctx, recipe, cooldown, knobs, r, fingerprint, calib_images)
         # how many filters the deployed predictors keep against the final network's ground truth
@@ -159,7 +180,7 @@ class FTWT(Method):
             batch_policy = "union of masks, per-sample mask multiply"
             deps.append(Deployable(skip, "default", export_onnx=export_skip_onnx, macs=mean_macs,
                                    check_graph=check_skip_graph, **RUNTIME_SHAPES,
-                                   extra={**extra, "ftwt_execution": "skip (gathered weights, BN folded)",
+                                   extra={**extra, **budget, "ftwt_execution": "skip (gathered weights, BN folded)",
                                           "ftwt_batch_policy": batch_policy}))
             # the dense baseline run by the same engine: its accuracy is the baseline's, its cost
             # is the engine's at dense compute (the fine-tuned backbone, unmasked, is not a
@@ -174,6 +195,37 @@ class FTWT(Method):
         deps.append(Deployable(net, "masked", macs=float(dense),
                                extra={**extra, "ftwt_execution": "masked dense (computes all, multiplies by mask)"}))
         return Compressed(deps, train_s=train_s)
+
+
+def _solve_latency(ctx: MethodContext, baseline: torch.nn.Module, images: torch.Tensor, fraction: float,
+                   knobs: Mapping[str, Any]) -> Solution:
+    """r for a latency budget, before training. The trained network's cost is not known before
+    training, but what its latency mostly depends on is: after calibration (``calibrate=gt``) each
+    layer keeps, on average, as many filters as the ground truth at r. So each candidate r is a
+    probe network built from the baseline with fresh predictors calibrated to the ground truth's
+    keep rate at r on the calibration images, run by the real-skipping engine and measured against
+    the dense baseline on the target (``ctx.measure_latency``: one interleaved cell per probe).
+    Which filters the trained predictors pick per input differs; the row measures the result."""
+    if ctx.measure_latency is None:
+        raise UserError("ftwt: latency=F needs measured probes on the target, which this run does not have "
+                        "(a sweep has them; inspect and predict do not)")
+    target = knobs["latency_target"]
+
+    def measure(rs: list[float]) -> list[float]:
+        fractions = []
+        for r in rs:
+            torch.manual_seed(ctx.seed)  # the probe's fresh predictors: calibration sets their thresholds
+            probe = wrap(copy.deepcopy(baseline), tuple(ctx.data.input_shape), family=ctx.family,
+                         pool=knobs["pool"], mode=knobs["mode"])
+            probe.eval().set(r=r)
+            calibrate(probe, images, check=False)
+            probe.set(collect=False, record=False, gating=True)
+            fractions.append(ctx.measure_latency(build_skip(probe), target))
+        return fractions
+
+    if build_skip(wrap(copy.deepcopy(baseline), tuple(ctx.data.input_shape), family=ctx.family)) is None:
+        raise UserError(f"ftwt: latency=F needs the real-skipping network, which {ctx.model_name} does not have")
+    return solve_knob(measure, fraction, float(R_GRID[0]), float(R_GRID[-1]), points=4, rounds=4, log=ctx.log)
 
 
 def _train(net: FTWTNet, ctx: MethodContext, recipe: TrainRecipe, cooldown: float,
