@@ -365,3 +365,38 @@ def test_dense_run_span_gives_the_time_of_any_phase_of_the_schedule():
     run = RunResult(None, step_clock=[1.0, 2.5, 3.0, 4.5])
     assert run.span_s(0, 2) == 2.5 and run.span_s(2, 4) == 2.0 and run.span_s(0, 4) == 4.5
     assert RunResult(None).span_s(0, 2) is None  # a dense run cached before the step clock existed
+
+
+def test_latency_budget_solves_the_rank_ratio_before_training(tmp_path):
+    """decompose:latency=F picks the rank ratio with the target's latency model before training;
+    here the 'model' is the MACs fraction (no timing in unit tests), so the solved ratio's network
+    must cost about F of the dense MACs; the budget's columns land on the decomposed network only."""
+    from harness.data import load_data
+    from harness.macs import count_cost
+    from methods import MethodContext, get_method
+
+    torch.manual_seed(0)
+    data = load_data("synthetic:16", input_size=32)
+    model = build_model("resnet20")
+    dense = count_cost(model, (3, 32, 32)).macs
+    asked = []
+
+    def predict(nets, target):
+        asked.append(target)
+        return [count_cost(n, (3, 32, 32)).macs / dense for n in nets]
+
+    method = get_method("decompose")
+    with pytest.raises(UserError, match="latency_target needs latency"):
+        method.validate({"latency_target": "ov-cpu"})
+    ctx = MethodContext(model_name="resnet20", model=model, data=data, recipe=None, seed=0, workdir=tmp_path,
+                        preset="quick", structure_only=True, log=lambda m: None, predict_latency=predict)
+    out = method.apply(ctx, method.settings({"latency": 0.6, "latency_target": "ov-cpu"}))
+    (dep,) = out.deployables
+    assert set(asked) == {"ov-cpu"} and dep.extra["latency_budget_target"] == "ov-cpu"
+    assert abs(dep.extra["latency_predicted_frac"] - 0.6) < 0.06
+    assert abs(count_cost(dep.model, (3, 32, 32)).macs / dense - dep.extra["latency_predicted_frac"]) < 1e-9
+    assert out.extra["decompose_policy"].startswith("ratio")
+    no_model = MethodContext(model_name="resnet20", model=build_model("resnet20"), data=data, recipe=None, seed=0,
+                             workdir=tmp_path, preset="quick", structure_only=True, log=lambda m: None)
+    with pytest.raises(UserError, match="latency model"):
+        method.apply(no_model, method.settings({"latency": 0.6}))

@@ -58,7 +58,7 @@ def _build_parser() -> _Parser:
     _sweep_args(sub)
     plan = _sweep_args(sub, name="plan", help="print a sweep's plan (same options as sweep) and stop")
     plan.set_defaults(dry_run=True)
-    r = sub.add_parser("report", help="rebuild results.csv, results.md and pareto.png from DIR's store")
+    r = sub.add_parser("report", help="rebuild results.csv, results.md, pareto.png and report.md (with its figures) from DIR's store")
     r.add_argument("dir", type=Path)
     b = sub.add_parser("bench", help="time an existing ONNX model on targets with the same engine")
     b.add_argument("onnx", type=Path)
@@ -150,7 +150,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print("\n".join(dry_run(config)))
         return 0
     rows = run_sweep(config)
-    print(f"{summary_line(rows)} in {config.out}: results.csv, results.md, pareto.png")
+    print(f"{summary_line(rows)} in {config.out}: results.csv, results.md, pareto.png, report.md")
     return 0
 
 

@@ -2,6 +2,7 @@
 post-training decomposition, each measured against the dense network of the same schedule."""
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from torch import nn
 from harness.data import eval_arrays
 from harness.errors import UserError
 from harness.export import onnx_summary
+from harness.latency_budget import solve_knob
 from harness.models import build_model
 from harness.train import TrainRecipe, batches_per_pass, fit, make_sgd, predict, top1
 from methods.base import Compressed, Deployable, Knob, Method, MethodContext
@@ -70,11 +72,17 @@ class Decompose(Method):
                       "decompose_step_s_after", "decompose_dense_step_s_after", "decompose_phase_speedup",
                       "decompose_step_ratio_in_run", "decompose_step_speedup",
                       "decompose_layers",
-                      "decompose_layers_skipped", "decompose_fold_max_rel_err", "decompose_graph_ok")
+                      "decompose_layers_skipped", "decompose_fold_max_rel_err", "decompose_graph_ok",
+                      "latency_budget", "latency_budget_target", "latency_predicted_frac")
     knobs = (
         Knob("rank", str, ("vbmf",), choices=("vbmf",), default="vbmf", help="rank policy: EVBMF on each mode unfolding"),
         Knob("energy", float, (), 0.01, 1.0, help="alternative: keep this share of sum(sigma^2) per mode"),
         Knob("ratio", float, (), 0.01, 1.0, help="alternative: rank = ceil(ratio * channels) per mode"),
+        Knob("latency", float, (), 0.05, 1.0,
+             help="alternative: target p50 as a fraction of the dense p50 on latency_target; the rank "
+                  "ratio is solved with that target's latency model before training, verified on the row"),
+        Knob("latency_target", str, (), default="ort-cpu",
+             help="target whose latency model latency=F uses"),
         Knob("decomp", str, (), choices=DECOMPS, default="tucker",
              help="tucker (1x1, kxk, 1x1) or cp (1x1, kx1, 1xk, 1x1)"),
         Knob("multiple", int, (), 1, 1024, default=1, help="round ranks up to a multiple (paper's ResNet path: 16)"),
@@ -94,9 +102,11 @@ class Decompose(Method):
         Knob("lr", float, (), 1e-4, 1.0,
              help="peak lr of the run (default: preset's, x sqrt(batch / preset's batch) when batch is given)"),
     )
-    exclusive = (("rank", "energy", "ratio"),)
+    exclusive = (("rank", "energy", "ratio", "latency"),)
 
     def validate(self, values: Mapping[str, Any]) -> None:
+        if "latency_target" in values and "latency" not in values:
+            raise UserError("decompose: knob latency_target needs latency=F")
         s = self.settings(values)
         if s["schedule"] == "post" and ("decompose_at" in values or s["reconstruct_at"]):
             raise UserError("decompose: decompose_at/reconstruct_at belong to schedule=train, not post")
@@ -105,6 +115,16 @@ class Decompose(Method):
 
     # ----------------------------------------------------------------------------------- apply
     def apply(self, ctx: MethodContext, knobs: Mapping[str, Any]) -> Compressed:
+        budget: dict[str, Any] = {}
+        if "latency" in knobs:
+            knobs, budget = _solve_latency(ctx, knobs)
+        out = self._apply(ctx, knobs)
+        for dep in out.deployables:  # the budget is the decomposed network's, not the dense-schedule one's
+            if dep.variant == "default":
+                dep.extra.update(budget)
+        return out
+
+    def _apply(self, ctx: MethodContext, knobs: Mapping[str, Any]) -> Compressed:
         s = Settings.from_knobs(knobs)
         decompose = partial(decompose_model, input_shape=tuple(ctx.data.input_shape), policy=s.policy,
                             decomp=s.decomp, layers=s.layers, include_first=s.include_first, seed=ctx.seed)
@@ -180,6 +200,31 @@ class Decompose(Method):
             deps.append(Deployable(run.model, "reconstructed", check_graph=_conv_count,
                                    extra={"decompose_trained_steps": recipe.steps, "train_s": run.train_s}))
         return Compressed(deps, run.train_s, extra)
+
+
+def _solve_latency(ctx: MethodContext, knobs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``latency=F``: the rank ratio whose decomposed network the target's latency model predicts at
+    F x the dense p50 (``harness.latency_budget.solve_knob``), before any training: under the ratio
+    policy the decomposed architecture depends only on the layer shapes (ranks = ceil(ratio x
+    channels), the skip rule counts MACs), so decomposing the baseline gives the very architecture
+    the run decomposes into mid-schedule. Returns the knobs with that ratio, and the row's columns."""
+    if ctx.predict_latency is None:
+        raise UserError("decompose: latency=F needs the target's latency model, which this run does not have")
+    target = knobs["latency_target"]
+
+    def build(ratio: float) -> nn.Module:
+        net = copy.deepcopy(ctx.model).eval()
+        decompose_model(net, input_shape=tuple(ctx.data.input_shape),
+                        policy=RankPolicy("ratio", ratio, int(knobs["multiple"])), decomp=knobs["decomp"],
+                        layers=knobs["layers"], include_first=bool(knobs["first"]), seed=ctx.seed)
+        return net
+
+    sol = solve_knob(lambda ratios: list(ctx.predict_latency([build(r) for r in ratios], target)),
+                     float(knobs["latency"]), 0.02, 1.0, log=ctx.log)
+    ctx.log(f"  decompose: latency {knobs['latency']} of dense on {target} -> rank ratio {sol.value:.3f}")
+    solved = {k: v for k, v in knobs.items() if k != "latency"}
+    solved["ratio"] = sol.value
+    return solved, sol.columns(target)
 
 
 def train_decomposed_post(model: nn.Module, ctx: MethodContext, recipe: TrainRecipe,
