@@ -13,8 +13,13 @@ sweep() { echo "+ python -m harness sweep $*" >&2; "$PY" -m harness sweep "$@"; 
 run() {
   local name=$1 out=results/$1
   rm -rf "$out.old"; [ -d "$out" ] && mv "$out" "$out.old"
-  # a study's hand-written summary (results.md opens with it) survives; re-read it against the new rows
-  if [ -f "$out.old/summary.md" ]; then mkdir -p "$out"; cp "$out.old/summary.md" "$out/"; fi
+  # a study's hand-written summary (results.md opens with it) and the outputs of benchmarks run by
+  # hand beside it (bench-*.txt, machine-drift.txt: each names its command) survive; re-read the
+  # summary against the new rows
+  mkdir -p "$out"
+  for f in "$out.old"/summary.md "$out.old"/bench-*.txt "$out.old"/machine-drift.txt; do
+    if [ -f "$f" ]; then cp "$f" "$out/"; fi
+  done
   case $name in
     digits-resnet20)  # the default sweep (quick preset: every method at its quick budgets)
       sweep --preset quick --out "$out" ;;
@@ -62,6 +67,14 @@ run() {
         --targets torch-eager,ort-cpu --scenarios SingleStream --out "$out"
       sweep --data fashion-mnist --preset standard --models resnet20 --methods ftwt --budgets ftwt:r=0.88 \
         --budgets ftwt:mode=joint --targets torch-eager,ort-cpu --scenarios SingleStream --out "$out" ;;
+    # Issue 14 item 3: decomposition-accelerated training where layers are wide (vgg16_bn, batch 128)
+    fashion-vgg16-decompose-b128)
+      local common=(--data fashion-mnist --train-limit 10000 --preset quick --models vgg16_bn --methods decompose
+        --targets ort-cpu --scenarios SingleStream --budgets decompose:batch=128 --budgets decompose:lr=0.02
+        --budgets decompose:channels_last=decomposed --out "$out")
+      sweep "${common[@]}" --budgets decompose:ratio=0.5 --budgets decompose:decompose_at=0.1
+      sweep "${common[@]}" --budgets decompose:ratio=0.25 --budgets decompose:decompose_at=0.1
+      sweep "${common[@]}" --budgets decompose:ratio=0.5 --budgets decompose:decompose_at=0.05 ;;
     *) echo "unknown result set: $name" >&2; exit 2 ;;
   esac
   rm -rf "$out/artifacts" "$out/work" "$out.old"
@@ -70,5 +83,5 @@ run() {
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(digits-resnet20 digits-resnet20-deepshift digits-decompose digits-resnet56-layer-vs-filter digits-ftwt
   fashion-resnet56-layer-vs-filter fashion-resnet20-decompose fashion-resnet20-deepshift
-  fashion-resnet20-ftwt)
+  fashion-resnet20-ftwt fashion-vgg16-decompose-b128)
 for n in "${names[@]}"; do run "$n"; done

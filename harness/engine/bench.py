@@ -85,9 +85,14 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def text_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """``columns`` of ``rows`` as an aligned text table (the CLI's bench and predict output)."""
+    table = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in table)) if table else len(c) for i, c in enumerate(columns)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(columns)] + [line(r) for r in table])
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The latency columns as an aligned text table."""
-    table = [[_fmt(r.get(c)) for c in BENCH_COLUMNS] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(BENCH_COLUMNS)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(BENCH_COLUMNS)] + [line(r) for r in table])
+    return text_table(rows, list(BENCH_COLUMNS))

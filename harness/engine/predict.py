@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from harness.engine import latency_model as lm
+from harness.engine.bench import text_table
 from harness.engine.inspection import _classes, structure_only
 from harness.errors import UserError
 from harness.macs import count_cost
@@ -113,15 +114,6 @@ def predict(models: list[str], methods: list[str] | None = None, budgets: dict[s
     return rows
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """The predictions as an aligned text table (the note last, unpadded)."""
-    table = [[_fmt(r.get(c)) for c in PREDICT_COLUMNS] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in table)) if table else len(c) for i, c in enumerate(PREDICT_COLUMNS)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(PREDICT_COLUMNS)] + [line(r) for r in table])
+    return text_table(rows, list(PREDICT_COLUMNS))

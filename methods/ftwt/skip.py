@@ -305,8 +305,8 @@ def _run(x: Tensor, W: List[Tensor], B: List[Tensor], PW: List[Tensor], PB: List
 
 # ------------------------------------------------------------------------------------- the network
 class SkipNet(nn.Module):
-    """A real-skipping network: the plan (tensors registered as buffers, so ``.to()`` and pickling
-    carry them; ``ConvSpec``/``BlockSpec`` records in plain lists) and ``_run``. ``engine`` is "torchscript" once
+    """A real-skipping network: the plan (weights registered as frozen parameters and derived
+    tensors as buffers, so ``.to()`` and pickling carry them; ``ConvSpec``/``BlockSpec`` records in plain lists) and ``_run``. ``engine`` is "torchscript" once
     the compiled function is in use, "python" if scripting failed."""
 
     def __init__(self, family: str):
@@ -320,6 +320,11 @@ class SkipNet(nn.Module):
         self._fast_fn = None
 
     # -- building
+    def _weight(self, name: str, t: Tensor) -> None:
+        """A weight of the plan, as a frozen parameter: the row's ``params`` counts parameters
+        (buffers hold only what is derived from them: -pb, column indices)."""
+        self.register_parameter(name, nn.Parameter(t, requires_grad=False))
+
     def add_gated(self, unit: GatedUnit, in_hw: tuple[int, int]) -> int:
         conv = unit.conv
         j = len(self.convs)
@@ -338,8 +343,10 @@ class SkipNet(nn.Module):
         flat = not dw and conv.in_channels * conv.out_channels >= _FLAT_GATHER
         pw = unit.predictor.weight.detach().t().contiguous()
         pb = unit.predictor.bias.detach().clone()
-        for name, t in (("w", w), ("b", b), ("pw", pw), ("pb", pb), ("npb", -pb), ("idx", idx)):
-            self.register_buffer(f"{name}{j}", t)
+        for name, t in (("w", w), ("b", b), ("pw", pw), ("pb", pb)):
+            self._weight(f"{name}{j}", t)
+        self.register_buffer(f"npb{j}", -pb)  # derived (refresh), and the conv's column index
+        self.register_buffer(f"idx{j}", idx)
         relu6 = isinstance(unit.act, nn.ReLU6)
         relu = not relu6 and not isinstance(unit.act, nn.Identity)
         self.convs.append(ConvSpec(conv.in_channels, s, p, k, dw, relu, relu6, unit.pool == "max", mm1x1, small,
@@ -349,8 +356,8 @@ class SkipNet(nn.Module):
     def add_shortcut(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> int:
         i = len(self.shortcuts)
         w, b = _fold(conv, bn)
-        self.register_buffer(f"sw{i}", w)
-        self.register_buffer(f"sb{i}", b)
+        self._weight(f"sw{i}", w)
+        self._weight(f"sb{i}", b)
         k = conv.kernel_size[0]
         self.shortcuts.append(ConvSpec(conv.in_channels, conv.stride[0], conv.padding[0], k, False, False, False,
                                        True, False, False, False, 0, 0, 0))
@@ -361,8 +368,8 @@ class SkipNet(nn.Module):
         self.blocks.append(BlockSpec(convs[0], len(convs), residual, shortcut, down, c_in, c_out, relu))
 
     def set_fc(self, linear: nn.Linear, flatten: bool) -> None:
-        self.register_buffer("fc_w", linear.weight.detach().clone())
-        self.register_buffer("fc_b", linear.bias.detach().clone())
+        self._weight("fc_w", linear.weight.detach().clone())
+        self._weight("fc_b", linear.bias.detach().clone())
         self.flatten = flatten
 
     # -- running
@@ -404,7 +411,7 @@ class SkipNet(nn.Module):
             getattr(self, f"npb{j}").copy_(-getattr(self, f"pb{j}"))
         self._fast_fn = None
 
-    def _apply(self, fn, *args, **kwargs):  # .to()/.cuda() replace the buffers: rebuild the lists
+    def _apply(self, fn, *args, **kwargs):  # .to()/.cuda() replace the tensors: rebuild the lists
         self._fast_fn = None
         return super()._apply(fn, *args, **kwargs)
 
