@@ -46,6 +46,16 @@ run() {
       # every criterion one shot (no fine-tune) on the same baseline, reusing the sweep's collection
       "$PY" benchmarks/layer_prune_criteria.py --model resnet56 --data fashion-mnist --preset standard \
         --layers 1,2 --eval-limit 2000 --workdir "$out/artifacts/methods" --out "$out/criteria-one-shot.md" ;;
+    fashion-vgg16-layer-vs-filter)  # VGG16-bn one-shot layer removal (shape-keeping conv units)
+      local common=(--data fashion-mnist --preset standard --models vgg16_bn --targets ort-cpu --scenarios SingleStream --out "$out")
+      # 5 of the 9 removable units at once, and the filter-pruned twin at the same MACs
+      sweep "${common[@]}" --methods layer-prune --budgets layer-prune:layers=half --budgets layer-prune:pair=filter
+      sweep "${common[@]}" --methods layer-prune --budgets layer-prune:layers=half --budgets layer-prune:criterion=imprint
+      # the filter-pruned network at the layer-pruned one's measured latency (about half the
+      # dense one's), widths aligned to what ORT runs fast (latency model, issue 15)
+      sweep "${common[@]}" --methods filter-prune --budgets filter-prune:latency=0.5 --budgets filter-prune:align=auto
+      "$PY" benchmarks/layer_prune_criteria.py --model vgg16_bn --data fashion-mnist --preset standard \
+        --layers 1,2,half --eval-limit 2000 --workdir "$out/artifacts/methods" --out "$out/criteria-one-shot.md" ;;
     fashion-resnet20-decompose)
       local common=(--data fashion-mnist --preset standard --models resnet20 --methods decompose --targets ort-cpu --scenarios SingleStream --out "$out")
       sweep "${common[@]}"
