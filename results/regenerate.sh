@@ -77,6 +77,26 @@ run() {
         --targets torch-eager,ort-cpu --scenarios SingleStream --out "$out"
       sweep --data fashion-mnist --preset standard --models resnet20 --methods ftwt --budgets ftwt:r=0.88 \
         --budgets ftwt:mode=joint --targets torch-eager,ort-cpu --scenarios SingleStream --out "$out" ;;
+    # Issue 13's studies on digits at the standard preset (the same commands as the Fashion-MNIST
+    # ones, on the 1,437 training / 360 test digits): the quick-preset digits folders above are
+    # the default sweep's proxies; these give the papers' claims the same fine-tune budgets.
+    digits-resnet56-layer-vs-filter-standard)
+      local common=(--preset standard --models resnet56 --targets ort-cpu --scenarios SingleStream --out "$out")
+      sweep "${common[@]}" --methods layer-prune,filter-prune --budgets layer-prune:layers=half \
+        --budgets layer-prune:pair=filter --budgets filter-prune:macs=0.35
+      sweep "${common[@]}" --methods layer-prune --budgets layer-prune:layers=half --budgets layer-prune:criterion=imprint
+      "$PY" benchmarks/layer_prune_criteria.py --model resnet56 --data digits --preset standard \
+        --layers 1,2 --workdir "$out/artifacts/methods" --out "$out/criteria-one-shot.md" ;;
+    digits-resnet20-decompose-standard)
+      local common=(--preset standard --models resnet20 --methods decompose --targets ort-cpu --scenarios SingleStream --out "$out")
+      sweep "${common[@]}"
+      sweep "${common[@]}" --budgets decompose:ratio=0.5
+      sweep "${common[@]}" --budgets decompose:multiple=16 --budgets decompose:layers=conv2 ;;
+    digits-resnet20-deepshift-standard)
+      local common=(--preset standard --models resnet20 --methods deepshift --budgets deepshift:mode=q,ps
+        --targets ort-cpu --scenarios SingleStream --out "$out")
+      sweep "${common[@]}" --budgets deepshift:weight_bits=5,4,3
+      sweep "${common[@]}" --budgets deepshift:weight_bits=5 --budgets deepshift:init=scratch ;;
     # Issue 14 item 3: decomposition-accelerated training where layers are wide (vgg16_bn, batch 128)
     fashion-vgg16-decompose-b128)
       local common=(--data fashion-mnist --train-limit 10000 --preset quick --models vgg16_bn --methods decompose
