@@ -44,6 +44,27 @@ def test_units_are_the_blocks_and_same_shapes_share_a_key():
     assert len(layers) == 20 and layers[0].name == "conv1" and layers[-1].in_shape == (64,)
 
 
+def test_a_finalised_shift_network_is_keyed_as_the_dense_computation_it_runs():
+    """DeepShift's finalised layers compute exactly their Conv2d/Linear (powers of two are just
+    weights): their blocks share the dense blocks' keys, so a sweep times them once; with
+    activation fixed point on they compute more, and are keys of their own."""
+    from methods.deepshift.convert import convert_to_shift, finalize
+
+    dense = _resnet20()
+    keys = [u.key for u in lm.units(dense, SHAPE)]
+    for mode in ("q", "ps"):
+        shift = copy.deepcopy(dense)
+        convert_to_shift(shift, SHAPE, mode=mode, weight_bits=5)
+        assert [u.key for u in lm.units(finalize(shift).eval(), SHAPE)] == keys
+        assert lm.cost_repr(shift) == repr(dense) != repr(shift)
+    fixed = copy.deepcopy(dense)
+    convert_to_shift(fixed, SHAPE, mode="q", weight_bits=5, act_bits=(16, 16))
+    assert not set(u.key for u in lm.units(finalize(fixed).eval(), SHAPE)) & set(keys)
+    trainable = copy.deepcopy(dense)  # rounds its weights in every forward: not a Conv2d's cost
+    convert_to_shift(trainable, SHAPE, mode="q", weight_bits=5)
+    assert not set(u.key for u in lm.units(trainable.eval(), SHAPE)) & set(keys)
+
+
 def test_probe_runs_the_unit_on_the_adapted_image():
     dense = _resnet20()
     unit = lm.units(dense, SHAPE)[3]  # layer2.0: 16x32x32 -> 32x16x16

@@ -8,7 +8,10 @@ What it is, in two parts:
    level, e.g. a CIFAR ResNet's BasicBlocks, with whatever a method put inside: narrower convs,
    Tucker chains) or a layer (``"layer"``: every Conv2d / Linear). A unit's key is a hash of its
    ``repr`` (every submodule's class and shape) and input shape, so the narrower, shallower and
-   decomposed shapes compression produces are looked up exactly; no weights are involved.
+   decomposed shapes compression produces are looked up exactly; no weights are involved. A layer
+   that computes exactly what a standard one does (a finalised DeepShift conv is a Conv2d whose
+   weights happen to be powers of two) says so with ``latency_repr()`` and is keyed as that layer
+   (``cost_repr``), so the same computation is timed once, not once per method.
    A unit is measured as a *probe*: a network that maps the image input to the unit's input shape
    with a cheap adapter (average pool + a fixed 1x1 conv) and runs the unit; the adapter alone is
    measured too and subtracted. Probes are timed by the one timing engine in ordinary cells
@@ -121,8 +124,35 @@ def units(model: nn.Module, input_shape: tuple[int, ...], granularity: str = GRA
         model.train(was_training)
     by_name = dict(found)
     # a removed unit (nn.Identity: layer pruning) is no node in the exported graph and costs nothing
-    return [Unit(content_key([repr(by_name[n]), seen[n]]), n, by_name[n], seen[n]) for n in order
+    return [Unit(content_key([cost_repr(by_name[n]), seen[n]]), n, by_name[n], seen[n]) for n in order
             if not isinstance(by_name[n], nn.Identity)]
+
+
+def _has_latency_repr(module: nn.Module) -> bool:
+    return callable(getattr(module, "latency_repr", None))
+
+
+def cost_repr(module: nn.Module) -> str:
+    """``repr(module)`` with every submodule that has ``latency_repr()`` written as the standard
+    layer it computes exactly (``FrozenShiftConv2d`` without activation fixed point -> its
+    ``Conv2d``): the unit key of what the target runs. Byte for byte ``nn.Module.__repr__``'s
+    layout, so a block of such layers keys equal to the dense block; a container with its own
+    ``__repr__`` keeps it (no sharing, never a wrong one)."""
+    if _has_latency_repr(module):
+        return module.latency_repr()
+    if not any(_has_latency_repr(m) for m in module.modules()) or type(module).__repr__ is not nn.Module.__repr__:
+        return repr(module)
+    from torch.nn.modules.module import _addindent
+
+    extra = module.extra_repr()
+    extra_lines = extra.split("\n") if extra else []
+    child_lines = ["(" + key + "): " + _addindent(cost_repr(m) if m is not None else "None", 2)
+                   for key, m in module._modules.items()]
+    lines = extra_lines + child_lines
+    main = module._get_name() + "("
+    if lines:
+        main += extra_lines[0] if len(extra_lines) == 1 and not child_lines else "\n  " + "\n  ".join(lines) + "\n"
+    return main + ")"
 
 
 def net_key(model: nn.Module, input_shape: tuple[int, ...]) -> str:

@@ -252,6 +252,11 @@ class FrozenShiftConv2d(_ShiftMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(quantize_act(x, self.act_bits), self.weight, self.bias)
 
+    def latency_repr(self) -> str:
+        """For the latency model's unit keys (``harness.engine.latency_model.cost_repr``): without
+        activation fixed point this layer computes exactly its Conv2d (the weights are data)."""
+        return f"Conv2d({nn.Conv2d.extra_repr(self)})" if self.act_bits is None else repr(self)
+
 
 class FrozenShiftLinear(_ShiftMixin, nn.Linear):
     """A finalised shift linear layer (see ``FrozenShiftConv2d``)."""
@@ -267,6 +272,10 @@ class FrozenShiftLinear(_ShiftMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(quantize_act(x, self.act_bits), self.weight, self.bias)
+
+    def latency_repr(self) -> str:
+        """See ``FrozenShiftConv2d.latency_repr``."""
+        return f"Linear({nn.Linear.extra_repr(self)})" if self.act_bits is None else repr(self)
 
 
 class ChannelAffine(nn.Module):
