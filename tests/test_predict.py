@@ -74,6 +74,18 @@ def test_filter_prune_align(tmp_path):
         fp.validate({"ratio": 0.3, "latency_target": "ov-cpu"})
 
 
+def test_filter_prune_latency_budget_is_the_aligned_networks(tmp_path):
+    """With align=auto the ratio is solved over the networks as aligned: the deployed network's
+    prediction is the one that meets the budget (aligning after the solve could miss it far)."""
+    fp = FilterPrune()
+    budget = fp.budgets({"latency": [0.5], "align": ["auto"]})[0]
+    dep = fp.apply(_ctx(tmp_path, _staircase([])), budget).deployables[0]
+    assert dep.extra["filter_prune_align"] != "none"
+    assert all(w % 8 == 0 for w in prunable_widths(dep.model).values())
+    assert abs(dep.extra["latency_predicted_frac"] - 0.5) <= 0.05
+    assert _staircase([])(dep.model, "x") == pytest.approx(dep.extra["latency_predicted_frac"])
+
+
 def _harness(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=600)
 
