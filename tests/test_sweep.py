@@ -1,6 +1,7 @@
 """End-to-end sweeps through the Python API on the embedded digits data, with tiny recipes."""
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 from contextlib import contextmanager
@@ -102,6 +103,22 @@ def test_resume_skips_finished_cells_and_never_duplicates(tmp_path, cpu_targets,
     third = run_sweep(cfg)
     assert len(third) == len(first) and third[0]["key"] == first[0]["key"]
     assert third[0]["written"] >= first[0]["written"]
+
+
+def test_a_rerun_without_the_artifacts_compresses_nothing_finished(tmp_path, cpu_targets, capfd):
+    """results/regenerate.sh removes a published folder's artifacts: an unchanged re-run must not
+    fine-tune every method again to rebuild files no cell needs (only the dense export, the
+    reference any unfinished cell would need, is made again)."""
+    cfg = _config(tmp_path, cpu_targets[:1], scenarios=["SingleStream"], methods=["none", "layer-prune"],
+                  budgets={"layer-prune": {"layers": ["1"]}})
+    first = run_sweep(cfg)
+    capfd.readouterr()
+    shutil.rmtree(cfg.artifact_dir)
+    again = run_sweep(cfg)
+    err = capfd.readouterr().err
+    assert [(r["key"], r["written"]) for r in again] == [(r["key"], r["written"]) for r in first]
+    assert any("layer-prune" in line and "all cells finished earlier, skipped" in line for line in err.splitlines())
+    assert not any("layer-prune" in line and ": compressed" in line for line in err.splitlines()), err
 
 
 @pytest.mark.slow

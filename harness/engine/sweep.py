@@ -121,15 +121,21 @@ class Sweep:
         variants = self.store.variants(job.key)
         measure = self.plan.measure_jobs(job, list(variants))
         budget = self.store.budget(job.key) or {}
-        if budget.get("status") == "ok" and measure and self._artifacts_exist(variants):
-            finished = self.store.finished_keys()
-            if all(m.key in finished for m in measure):
+        if budget.get("status") == "ok" and measure:
+            have = self._artifacts_exist(variants)
+            done = all(m.key in self.store.finished_keys() for m in measure)
+            # every cell finished: nothing needs the files (a published folder has none left),
+            # except the dense network's, the reference of other budgets' unfinished cells
+            if done and (have or job.method != "none"):
                 log(f"  {job.label}: all cells finished earlier, skipped")
-            else:
+                if job.method == "none":
+                    self._dense_ready(job.model, variants.get("default"))
+                return
+            if have:
                 self._submit_measures(job, variants)  # compressed earlier: measure only
-            if job.method == "none":
-                self._dense_ready(job.model, variants.get("default"))
-            return
+                if job.method == "none":
+                    self._dense_ready(job.model, variants.get("default"))
+                return
         self.compress_open += 1
         self.executor.submit(Task("compress", run_compress, (self.cfg, job, self.bases[job.model], self.needs_onnx),
                                   job.label, context=job, cpus=self.cfg.threads))
