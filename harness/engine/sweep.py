@@ -126,13 +126,11 @@ class Sweep:
             done = all(m.key in self.store.finished_keys() for m in measure)
             # every cell finished: nothing needs the files (a published folder has none left),
             # except the dense network's, the reference of other budgets' unfinished cells
-            if done and (have or job.method != "none"):
-                log(f"  {job.label}: all cells finished earlier, skipped")
-                if job.method == "none":
-                    self._dense_ready(job.model, variants.get("default"))
-                return
-            if have:
-                self._submit_measures(job, variants)  # compressed earlier: measure only
+            if have or (done and job.method != "none"):
+                if done:
+                    log(f"  {job.label}: all cells finished earlier, skipped")
+                else:
+                    self._submit_measures(job, variants)  # compressed earlier: measure only
                 if job.method == "none":
                     self._dense_ready(job.model, variants.get("default"))
                 return

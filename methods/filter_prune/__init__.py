@@ -88,11 +88,13 @@ class FilterPrune(Method):
         dense_macs = count_cost(model, shape).macs
         extra: dict[str, Any] = {"criterion": criterion}
 
-        def build(r: float, log: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-            net = prune_ratio(copy.deepcopy(model), scores, r, shape)
+        def align(net: nn.Module, log: bool = True) -> tuple[nn.Module, dict[str, Any]]:
             if knobs["align"] == "none":
                 return net, {}
             return _align(ctx, model, net, scores, knobs["align"], target, shape, log=log)
+
+        def build(r: float, log: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+            return align(prune_ratio(copy.deepcopy(model), scores, r, shape), log)
 
         if "latency" in knobs:
             # the budget is the deployed network's: with an alignment, every candidate ratio is
@@ -107,9 +109,7 @@ class FilterPrune(Method):
             extra.update(sol.columns(target))
         elif "macs" in knobs:
             pruned, ratio = prune_to_macs(copy.deepcopy(model), scores, knobs["macs"] * dense_macs, shape)
-            align_extra = {}
-            if knobs["align"] != "none":
-                pruned, align_extra = _align(ctx, model, pruned, scores, knobs["align"], target, shape)
+            pruned, align_extra = align(pruned)
         else:
             ratio = float(knobs["ratio"])
             pruned, align_extra = build(ratio)
