@@ -6,6 +6,8 @@ that effect can be measured, and it is always recorded.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -93,3 +95,54 @@ def _session_options(ort: Any, level: str, threads: int) -> Any:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return so
+
+
+# ----------------------------------------------------------------------------- ORT's quantiser
+def quantize_qdq(float_path: Path, out_path: Path, images: np.ndarray, *,
+                 weight_scales: Mapping[str, np.ndarray], exclude: list[str]) -> None:
+    """ONNX Runtime's own static quantiser (``onnxruntime.quantization.quantize_static``) on
+    ``float_path``, written to ``out_path`` in QDQ format: int8 symmetric per-channel weights,
+    uint8 asymmetric activations, MinMax calibration over ``images`` (N x C x H x W, batches of
+    64), without the int32-bias weight-scale adjustment. ``weight_scales`` forces the scale of the
+    named weight initializers (one per output channel, zero point 0); nodes named in ``exclude``
+    stay in float. It lives here, not in a method, because calibration runs ONNX Runtime and
+    runtimes are imported only under ``targets/``; DeepShift's int8 variant calls it."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    import onnx
+
+    input_name = onnx.load(str(float_path), load_external_data=False).graph.input[0].name
+    overrides = {name: [{"axis": 0, "scale": np.float32(s), "zero_point": np.int8(0)} for s in scale]
+                 for name, scale in weight_scales.items()}
+    # quantize_static logs a root WARNING asking for onnxruntime's pre-processing (shape inference
+    # and graph clean-up): the exporter's graph needs neither, and the warning would land in every
+    # sweep log, so the root logger is raised around the call.
+    with _root_log_level(logging.ERROR):
+        quantize_static(str(float_path), str(out_path), _Images(images, input_name),
+                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude),
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                       "TensorQuantOverrides": overrides,
+                                       "QDQDisableWeightAdjustForInt32Bias": True})
+
+
+class _Images:
+    """onnxruntime.quantization.CalibrationDataReader over an image array, in batches."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch: int = 64):
+        self._batches = iter([{input_name: images[i:i + batch]} for i in range(0, len(images), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+@contextlib.contextmanager
+def _root_log_level(level: int):
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(old)

@@ -17,7 +17,7 @@ float, so ORT ran every block as QLinearConv -> DQ -> float Mul/Add -> Q and was
    max|w(c)| / 64 = 2^(p_max(c) - 6) * |a(c)| maps the folded weights back onto the same exact
    int8 shifts q (the sign of a negative a goes into q). The scale now carries BN's factor, so
    it is no longer a power of two; the integer weights are (``Int8Check``).
-2. ONNX Runtime's own static quantiser (``onnxruntime.quantization.quantize_static``, QDQ format:
+2. ONNX Runtime's own static quantiser (``targets.ort_cpu.quantize_qdq``, QDQ format:
    the layout its QDQ transformer fuses, and what OpenVINO's low-precision transformations read)
    with those weight scales forced per channel (``TensorQuantOverrides``) and without its int32
    bias weight-scale adjustment, uint8 asymmetric activations, MinMax calibration. It quantises
@@ -32,9 +32,7 @@ augmentation, in the data set's fixed order, run through the BN-folded float gra
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,27 +103,6 @@ def calibration_images(ctx: MethodContext, input_shape: tuple[int, ...]) -> np.n
     return np.concatenate(chunks)[:n]
 
 
-@contextlib.contextmanager
-def _root_log_level(level: int):
-    root = logging.getLogger()
-    old = root.level
-    root.setLevel(level)
-    try:
-        yield
-    finally:
-        root.setLevel(old)
-
-
-class _Images:
-    """onnxruntime.quantization.CalibrationDataReader over an image array, in batches."""
-
-    def __init__(self, images: np.ndarray, input_name: str, batch: int = 64):
-        self._batches = iter([{input_name: images[i:i + batch]} for i in range(0, len(images), batch)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
 @dataclass
 class Int8Exporter:
     """Deployable.export_onnx: BN folded into the shift convs, float export, then ORT's QDQ
@@ -137,7 +114,9 @@ class Int8Exporter:
 
     def __call__(self, model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> Path:
         import onnx
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        # ORT's quantiser runs ONNX Runtime to calibrate: it lives with the ORT target
+        from targets.ort_cpu import quantize_qdq
 
         if not len(self.images):
             raise RuntimeError("no calibration images: the method ran without data, so the int8 file cannot be calibrated")
@@ -152,29 +131,16 @@ class Int8Exporter:
             if len(nodes) != len(order):
                 raise RuntimeError(f"{len(nodes)} weight nodes in the exported graph, {len(order)} layers in the model")
             inits = {t.name for t in graph.initializer}
-            overrides, shift_convs, exclude = {}, [], []
+            scales, shift_convs, exclude = {}, [], []
             for i, (node, w) in enumerate(nodes):
                 if i not in shift_index or node.op_type != "Conv":
                     exclude.append(node.name)  # float: not a power-of-two weight, or the classifier
                     continue
                 if node.input[1] not in inits or not node.name:
                     raise RuntimeError(f"conv {node.name!r}: weight {node.input[1]!r} is not a named initializer")
-                _, scale, _ = int8_weights(w)
-                overrides[node.input[1]] = [{"axis": 0, "scale": np.float32(s), "zero_point": np.int8(0)}
-                                            for s in scale]
+                scales[node.input[1]] = int8_weights(w)[1]
                 shift_convs.append(node.name)
-            input_name = graph.input[0].name
-            # quantize_static logs a root WARNING asking for onnxruntime's pre-processing (shape
-            # inference and graph clean-up): the exporter's graph needs neither, and the warning
-            # would land in every sweep log, so the root logger is raised around the call.
-            with _root_log_level(logging.ERROR):
-                quantize_static(str(float_path), str(path), _Images(self.images, input_name),
-                                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, per_channel=True,
-                                calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
-                                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                                               "TensorQuantOverrides": overrides,
-                                               "QDQDisableWeightAdjustForInt32Bias": True})
+            quantize_qdq(float_path, path, self.images, weight_scales=scales, exclude=exclude)
         proto = onnx.load(str(path))
         producers = {out: n for n in proto.graph.node for out in n.output}
         names = []
