@@ -31,6 +31,17 @@ CAPABILITIES = {
 }
 
 
+class NotMeasured(Exception):
+    """Raised by ``Target.compile`` when the target, as it found the machine, will not measure
+    this cell (e.g. a batch an emulated board cannot run within the cell's time-out). The row is
+    ``skipped`` with the message as its reason (finished: a re-run does not retry it) and names
+    ``machine`` (the ``Session.machine()`` facts it learnt) when given."""
+
+    def __init__(self, reason: str, machine: Mapping[str, Any] | None = None):
+        super().__init__(reason)
+        self.machine = dict(machine or {})
+
+
 @dataclass(frozen=True)
 class Availability:
     ok: bool

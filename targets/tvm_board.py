@@ -149,10 +149,12 @@ def _answers(host: str, port: int) -> bool:
 
 
 def start_host_server(tracker: str, key: str, *, host: str = "127.0.0.1", port: int = 9090,
-                      threads: int = 0, wait_s: float = 60.0, log: Path | None = None) -> subprocess.Popen:
+                      threads: int = 0, wait_s: float = 60.0, log: Path | None = None,
+                      emulated: bool = False) -> subprocess.Popen:
     """A TVM RPC server run by this (host) Python, registered with ``tracker`` under ``key``:
-    the fast stand-in for a board (tests, and ``tvm-arm`` with ``arch=host``)."""
-    return _start_server([sys.executable], tracker, key, host=host, port=port, emulated=False,
+    the fast stand-in for a board (tests, and ``tvm-arm`` with ``arch=host``). ``emulated``: it
+    reports emulated=True, as the qemu board does (tests of what the harness does with one)."""
+    return _start_server([sys.executable], tracker, key, host=host, port=port, emulated=emulated,
                          threads=threads or (os.cpu_count() or 1), wait_s=wait_s, log=log, env=dict(os.environ))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +185,33 @@ def _cell_spec(tmp: Path, target: str, options: dict, n: int = 8, rules=FAST_TIM
     return CellSpec(target=target, scenario="SingleStream", batch=1, threads=2, rules=asdict(rules),
                     pool_path=str(tmp / "pool.npy"), items=[item], eval_x_path=str(tmp / "eval_x.npy"),
                     eval_y_path=str(tmp / "eval_y.npy"), options=options)
+
+
+@needs_tvm
+def test_emulated_board_skips_batches_it_cannot_run_in_time(tmp_path):
+    """On a board that reports emulated=True, a cell above ``emulated_max_batch`` is a skipped row
+    naming the board and the reason (no time-out after minutes); batch 1 is measured as usual."""
+    from harness.engine.cell import run_cell
+    from targets import tvm_board as tb
+
+    port = tb.free_port()
+    tracker = tb.start_tracker("127.0.0.1", port)
+    server = tb.start_host_server(f"127.0.0.1:{port}", "fakeqemu", port=tb.free_port(), threads=1, emulated=True)
+    try:
+        options = {"tracker": f"127.0.0.1:{port}", "key": "fakeqemu", "arch": "host"}
+        spec = _cell_spec(tmp_path, "tvm-arm", options)
+        offline = run_cell(replace(spec, scenario="Offline", batch=4))["items"][0]
+        single = run_cell(spec)["items"][0]
+        allowed = run_cell(replace(spec, scenario="Offline", batch=4,
+                                   options={**options, "emulated_max_batch": 4}))["items"][0]
+    finally:
+        tb.stop(server)
+        tb.stop(tracker)
+    assert offline["status"] == "skipped", offline
+    assert "batch 4 (Offline) is not run on an emulated board" in offline["error"]
+    assert offline["emulated"] is True and offline["board"] == "fakeqemu"
+    for row in (single, allowed):
+        assert row["status"] == "ok" and row["emulated"] is True and row["parity_max_abs"] <= PARITY, row
 
 
 @needs_emulation

@@ -206,6 +206,7 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     fails to compile or evaluate is an error item, and the others go on."""
     from harness.registry import import_string
     from targets import get_target
+    from targets.base import NotMeasured
 
     target = import_string(spec.target_entry)() if spec.target_entry else get_target(spec.target)
     queries = _queries(np.load(spec.pool_path), spec.batch)
@@ -228,6 +229,9 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
             t0 = time.perf_counter()
             row.update(_accuracy(session, spec, item.get("ref_logits_path")))
             t_acc += time.perf_counter() - t0
+        except NotMeasured as exc:  # the target declined this cell (e.g. an emulated board's batch)
+            results.append({"status": "skipped", "error": str(exc), **exc.machine})
+            continue
         except Exception as exc:  # this item is an error row; the others are still measured
             results.append({"status": "error", "error": f"{type(exc).__name__}: {first_line(exc, 400)}"})
             continue
