@@ -105,6 +105,19 @@ run() {
       sweep "${common[@]}" --budgets decompose:ratio=0.5 --budgets decompose:decompose_at=0.1
       sweep "${common[@]}" --budgets decompose:ratio=0.25 --budgets decompose:decompose_at=0.1
       sweep "${common[@]}" --budgets decompose:ratio=0.5 --budgets decompose:decompose_at=0.05 ;;
+    # Issue 11's done-means: untuned tvm-cpu and tvm-arm on an emulated aarch64 board (qemu-user;
+    # its latencies mean nothing), beside ort-cpu. Starts its own tracker and board on loopback.
+    digits-resnet20-tvm)
+      "$PY" -m harness board tracker --port 9190 > "$out/tracker.log" 2>&1 & local tracker=$!
+      "$PY" -m harness board emulate --tracker 127.0.0.1:9190 --key qemu > "$out/board.log" 2>&1 & local board=$!
+      local i rc=0; for i in $(seq 600); do  # the board registers in 1-2 minutes (sysroot built once)
+        grep -q registered "$out/board.log" && break; sleep 1
+      done
+      sweep --preset quick --targets ort-cpu,tvm-cpu,tvm-arm --target-option tvm-arm.tracker=127.0.0.1:9190 \
+        --target-option tvm-arm.key=qemu --eval-limit 64 --out "$out" || rc=$?
+      kill "$board" "$tracker" 2>/dev/null || true; wait "$board" "$tracker" 2>/dev/null || true
+      rm -f "$out/tracker.log" "$out/board.log"
+      [ "$rc" -eq 0 ] || exit "$rc" ;;
     *) echo "unknown result set: $name" >&2; exit 2 ;;
   esac
   rm -rf "$out/artifacts" "$out/work" "$out.old"
