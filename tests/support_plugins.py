@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from methods.base import Compressed, Deployable, Knob, Method
-from targets.base import Session, Target
+from targets.base import NotMeasured, Session, Target
 
 
 class CrashTarget(Target):
@@ -73,3 +73,23 @@ class CopyMethod(Method):
 
     def apply(self, ctx, knobs):
         return Compressed([Deployable(ctx.model)])
+
+
+class EmulatedBoardTarget(Target):
+    """torch-eager on the host, reporting itself as an emulated board (as tvm-arm does on qemu):
+    batch 1 only; larger batches are declined with NotMeasured."""
+    key = "test-emulated"
+    summary = "torch-eager that says it is an emulated board"
+    needs = "torch"
+
+    def compile(self, artifact, *, batch, scenario, threads, options=None):
+        from harness.provenance import host_machine
+        from targets import get_target
+
+        board = {**host_machine(), "board": "fakeqemu", "emulated": True}
+        if batch > 1:
+            raise NotMeasured(f"batch {batch} ({scenario}) is not run on an emulated board", machine=board)
+        session = get_target("torch-eager").compile(artifact, batch=batch, scenario=scenario, threads=threads,
+                                                    options={"device": "cpu"})
+        session.machine = lambda: board
+        return session

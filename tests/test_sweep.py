@@ -153,6 +153,20 @@ def test_failures_are_rows_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert skipped["status"] == "skipped" and "which test-crash does not have" in skipped["error"]
 
 
+def test_an_emulated_board_declines_batches_and_builds_no_latency_model(tmp_path, monkeypatch):
+    """A target that declines a cell (NotMeasured) gives a skipped row naming its board; rows
+    timed on an emulated board get no latency-model probes (their latencies mean nothing)."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the cell process imports the plugins
+    with registered(TARGETS, "test-emulated", "support_plugins:EmulatedBoardTarget"):
+        rows = {r["scenario"]: r for r in run_sweep(_config(tmp_path, ["test-emulated"]))}
+    single, offline = rows["SingleStream"], rows["Offline"]
+    assert single["status"] == "ok" and single["emulated"] and single["board"] == "fakeqemu"
+    assert single["p50_predicted_ms"] is None
+    assert "no latency model on an emulated board" in single["p50_predicted_note"]
+    assert offline["status"] == "skipped" and "batch 16 (Offline) is not run on an emulated board" in offline["error"]
+    assert offline["emulated"] and offline["board"] == "fakeqemu"
+
+
 def test_budgets_of_a_model_share_cells_with_one_dense_reference(tmp_path, cpu_targets):
     """A method's budgets on one target and scenario are timed in one cell (at most cell_items
     networks), each interleaved with the same dense reference; the dense network has its own."""

@@ -338,7 +338,10 @@ def run_measure(config: SweepConfig, jobs: list[MeasureJob], records: list[dict[
         fields.update({"measure_start": start, "measure_end": end})
         out.append(fields)
     if out and head.scenario in config.predict_scenarios:
-        out[0]["_latency"] = _probe_pass(config, head, records, batch, shape, Path(workdir), isolated)
+        if any(o.get("emulated") for o in out):  # probes there would take minutes each, for nothing
+            out[0]["_latency"] = {"note": "no latency model on an emulated board: its latencies mean nothing"}
+        else:
+            out[0]["_latency"] = _probe_pass(config, head, records, batch, shape, Path(workdir), isolated)
         out[0].setdefault("phases", {})["latency-model probes"] = out[0]["_latency"].get("seconds", 0.0)
     return out
 
