@@ -92,6 +92,11 @@ run() {
       sweep "${common[@]}"
       sweep "${common[@]}" --budgets decompose:ratio=0.5
       sweep "${common[@]}" --budgets decompose:multiple=16 --budgets decompose:layers=conv2 ;;
+    digits-resnet20-ftwt-standard)  # torch-eager: the real-skipping variant; ort-cpu: the masked one
+      sweep --preset standard --models resnet20 --methods ftwt --budgets ftwt:r=0.8,0.88,0.97 \
+        --targets torch-eager,ort-cpu --scenarios SingleStream --out "$out"
+      sweep --preset standard --models resnet20 --methods ftwt --budgets ftwt:r=0.88 \
+        --budgets ftwt:mode=joint --targets torch-eager,ort-cpu --scenarios SingleStream --out "$out" ;;
     digits-resnet20-deepshift-standard)
       local common=(--preset standard --models resnet20 --methods deepshift --budgets deepshift:mode=q,ps
         --targets ort-cpu --scenarios SingleStream --out "$out")
