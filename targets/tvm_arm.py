@@ -44,11 +44,13 @@ from targets.tvm_cpu import TUNE_OPTIONS
 ENV_TRACKER, ENV_KEY = "HARNESS_TVM_TRACKER", "HARNESS_TVM_KEY"
 _REMOTES: dict[tuple[str, str], Any] = {}  # one RPC session per (tracker, key) per process
 _LOADED: dict[tuple[int, str], Any] = {}  # (session, .so sha256) -> the module loaded on the board
-# qemu-user runs an untuned resnet20 query at 0.7-1.4 s per image on the project machine (README),
-# so an Offline batch of 64 takes about a minute a query and its cell outlasts the quick preset's
-# 300 s time-out, for a latency that means nothing: an emulated board measures batch 1 only
-# unless told otherwise (the row is skipped with this reason, not a time-out after five minutes).
+# qemu-user runs an untuned resnet20 at 0.27-1.4 s per image on the project machine (README), so
+# an Offline query of 64 images takes 17-90 s and a cell (10 warm-up queries, then timing) minutes
+# per network, up to the quick preset's 300 s time-out, for a latency that means nothing: an
+# emulated board measures batch 1 only unless told otherwise (the row is skipped, saying why).
 EMULATED_MAX_BATCH = 1
+# Session.machine()'s keys, as the board gives them
+_MACHINE_KEYS = ("node", "cpu", "cpu_count", "arch", "gpu", "board", "emulated")
 
 
 def elf_facts(path: Path) -> dict[str, Any]:
@@ -119,7 +121,7 @@ class TvmArmSession(Session):
     def machine(self) -> dict[str, Any]:
         """The board: its key, arch and cores from ``harness.board_facts`` when its server offers
         it, else what the options say (emulated=False); node is the board's name."""
-        return {k: self.board[k] for k in ("node", "cpu", "cpu_count", "arch", "gpu", "board", "emulated")}
+        return {k: self.board[k] for k in _MACHINE_KEYS}
 
     def graph_facts(self) -> dict[str, Any]:
         return dict(self.facts or {})
@@ -207,9 +209,9 @@ class TvmArm(Target):
         if board["emulated"] and batch > opts["emulated_max_batch"]:
             raise NotMeasured(
                 f"batch {batch} ({scenario}) is not run on an emulated board (tvm-arm.emulated_max_batch="
-                f"{opts['emulated_max_batch']}): qemu-user takes about a second per image, so the cell would "
-                f"outlast its time-out, and emulated latencies mean nothing",
-                machine={k: board[k] for k in ("node", "cpu", "cpu_count", "arch", "gpu", "board", "emulated")})
+                f"{opts['emulated_max_batch']}): under qemu-user each query of {batch} images takes tens of "
+                f"seconds, a cell minutes per network, and emulated latencies mean nothing",
+                machine={k: board[k] for k in _MACHINE_KEYS})
         cores = opts["num_cores"] or int(board.get("cpu_count") or 4)
         board["threads"] = _board_threads(remote)
         target = _target(opts, cores)
