@@ -8,8 +8,10 @@ pool of random inputs, ORT and TVM interleaved (A B A B ...), ``--repeats`` pair
 computed per pair and the median reported (measurement.md: these machines are noisy).
 
 Run it alone (it times): ``flock /tmp/harness-timing.lock python benchmarks/tvm_vs_ort.py``.
-Measured on the project machine (2026-12-04, --trials 16): 11 conv tasks, 432 s of tuning, about
-10 min in all; tuned TVM 1.66x ORT's p50 (goal not met; numbers in the README).
+Measured (--trials 16, empty tuning cache): 11 conv tasks, 394 s of tuning, tuned TVM 2.14x ORT's
+p50 on the 2-core Intel machine (2026-12-06), 1.66x on the AMD one (2026-12-04, 432 s): goal not
+met. MetaSchedule's task table (printed in its log) says why: the tuned convs alone add up to 1.6x
+ORT's whole network, and about a quarter of TVM's p50 is outside the kernels (README, "TVM").
 """
 from __future__ import annotations
 
