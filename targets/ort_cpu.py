@@ -98,20 +98,17 @@ def _session_options(ort: Any, level: str, threads: int) -> Any:
 
 
 # ----------------------------------------------------------------------------- ORT's quantiser
-def quantize_qdq(float_path: Path, out_path: Path, images: np.ndarray, *,
+def quantize_qdq(float_path: Path, out_path: Path, images: np.ndarray, input_name: str, *,
                  weight_scales: Mapping[str, np.ndarray], exclude: list[str]) -> None:
     """ONNX Runtime's own static quantiser (``onnxruntime.quantization.quantize_static``) on
     ``float_path``, written to ``out_path`` in QDQ format: int8 symmetric per-channel weights,
     uint8 asymmetric activations, MinMax calibration over ``images`` (N x C x H x W, batches of
-    64), without the int32-bias weight-scale adjustment. ``weight_scales`` forces the scale of the
+    64, fed as the graph input ``input_name``), without the int32-bias weight-scale adjustment. ``weight_scales`` forces the scale of the
     named weight initializers (one per output channel, zero point 0); nodes named in ``exclude``
     stay in float. It lives here, not in a method, because calibration runs ONNX Runtime and
     runtimes are imported only under ``targets/``; DeepShift's int8 variant calls it."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    import onnx
-
-    input_name = onnx.load(str(float_path), load_external_data=False).graph.input[0].name
     overrides = {name: [{"axis": 0, "scale": np.float32(s), "zero_point": np.int8(0)} for s in scale]
                  for name, scale in weight_scales.items()}
     # quantize_static logs a root WARNING asking for onnxruntime's pre-processing (shape inference

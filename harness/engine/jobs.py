@@ -338,23 +338,25 @@ def run_measure(config: SweepConfig, jobs: list[MeasureJob], records: list[dict[
         fields.update({"measure_start": start, "measure_end": end})
         out.append(fields)
     if out and head.scenario in config.predict_scenarios:
-        if any(o.get("emulated") for o in out):  # probes there would take minutes each, for nothing
-            out[0]["_latency"] = {"note": "no latency model on an emulated board: its latencies mean nothing"}
-        else:
-            out[0]["_latency"] = _probe_pass(config, head, records, batch, shape, Path(workdir), isolated)
+        emulated = any(o.get("emulated") for o in out)
+        out[0]["_latency"] = _probe_pass(config, head, records, batch, shape, Path(workdir), isolated, emulated)
         out[0].setdefault("phases", {})["latency-model probes"] = out[0]["_latency"].get("seconds", 0.0)
     return out
 
 
 def _probe_pass(config: SweepConfig, head: MeasureJob, records: list[dict[str, Any]], batch: int,
-                shape: tuple[int, ...], workdir: Path, isolated: bool) -> dict[str, Any]:
+                shape: tuple[int, ...], workdir: Path, isolated: bool, emulated: bool = False) -> dict[str, Any]:
     """After a cell: time the probes of the cell's networks that the target's latency table lacks
     (and the dense network whole, in the dense cell), cache them, and return what was measured
-    so the driver's table gets it too (on a cluster, the node's cache is not the driver's)."""
+    so the driver's table gets it too (on a cluster, the node's cache is not the driver's).
+    ``emulated``: the cell ran on an emulated board, where probes would take minutes each for
+    latencies that mean nothing."""
     from harness.engine import latency_model as lm
     from harness.provenance import host_machine
 
     target = get_target(head.target)
+    if emulated:
+        return {"note": "no latency model on an emulated board: its latencies mean nothing"}
     if target.opt_in or target.device != "cpu":
         return {"note": f"the sweep builds latency models of default CPU targets only; build this one with "
                         f"python -m harness predict --targets {head.target}"}

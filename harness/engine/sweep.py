@@ -123,7 +123,8 @@ class Sweep:
         budget = self.store.budget(job.key) or {}
         if budget.get("status") == "ok" and measure:
             have = self._artifacts_exist(variants)
-            done = all(m.key in self.store.finished_keys() for m in measure)
+            finished = self.store.finished_keys()
+            done = all(m.key in finished for m in measure)
             # every cell finished: nothing needs the files (a published folder has none left),
             # except the dense network's, the reference of other budgets' unfinished cells
             if have or (done and job.method != "none"):

@@ -140,7 +140,7 @@ class Int8Exporter:
                     raise RuntimeError(f"conv {node.name!r}: weight {node.input[1]!r} is not a named initializer")
                 scales[node.input[1]] = int8_weights(w)[1]
                 shift_convs.append(node.name)
-            quantize_qdq(float_path, path, self.images, weight_scales=scales, exclude=exclude)
+            quantize_qdq(float_path, path, self.images, graph.input[0].name, weight_scales=scales, exclude=exclude)
         proto = onnx.load(str(path))
         producers = {out: n for n in proto.graph.node for out in n.output}
         names = []
